@@ -1,0 +1,1 @@
+"""Pure per-record functions: no Beam, no I/O."""
