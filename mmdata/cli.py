@@ -1,0 +1,49 @@
+"""The `mmdata` command: thin over pipelines/ and the tool modules.
+
+Each tool module exposes `register(subparsers)`, which adds its subcommand(s) and sets
+`func=callable(args, beam_args) -> int` on the parser. Arguments the subcommand does not know are
+passed to Beam as pipeline options (`--runner`, `--direct_num_workers`, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that add subcommands. Add one line per tool module.
+SUBCOMMAND_MODULES: list[str] = [
+    "pipelines.cli",
+    "mmdata.weights_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmdata",
+        description="Build multi-modal instruction datasets for image generation, and train on them.",
+        epilog="Options a subcommand does not know are passed to Apache Beam as pipeline options.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if rest and not getattr(args, "accepts_beam_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return int(args.func(args, rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

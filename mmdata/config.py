@@ -1,0 +1,234 @@
+"""Configuration: one dataclass per stage, composed per job.
+
+Configs load from YAML (`from_yaml`) or dicts (`from_dict`); unknown keys fail loudly; `validate()` checks
+ranges. Every field is also a CLI flag (`--quality.min_side 48`), see `add_config_flags`. The resolved config
+is stored in the dataset manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of range."""
+
+
+@dataclass
+class IngestConfig:
+    """Decoding and caption rules applied to every input record."""
+
+    max_file_bytes: int = 64 * 1024 * 1024  # larger files are refused unread
+    max_pixels: int = 64_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_side: int = 20_000
+    max_caption_chars: int = 1000
+    caption_field: str = "caption"  # sidecar json / manifest column holding the caption
+    path_field: str = "path"  # manifest column holding the image path
+    key_field: str = "key"  # manifest column holding a record key (optional)
+
+    def validate(self) -> None:
+        _positive(self, "max_file_bytes", "max_pixels", "max_side", "max_caption_chars")
+
+
+@dataclass
+class QualityConfig:
+    """Technical quality filter thresholds (see mmdata/core/quality.py)."""
+
+    min_side: int = 32
+    max_aspect_ratio: float = 3.0
+    min_laplacian_var: float = 10.0  # blur: variance of the Laplacian of the grey image
+    min_std: float = 3.0  # near-uniform: std of grey levels (0-255)
+
+    def validate(self) -> None:
+        _positive(self, "min_side")
+        if self.max_aspect_ratio < 1:
+            raise ConfigError("quality.max_aspect_ratio must be >= 1")
+        if self.min_laplacian_var < 0 or self.min_std < 0:
+            raise ConfigError("quality thresholds must be >= 0")
+
+
+@dataclass
+class ShardConfig:
+    """Shard writer limits."""
+
+    maxcount: int = 1000  # samples per shard
+    maxsize: int = 512 * 1024 * 1024  # bytes per shard (a single larger sample still gets its own shard)
+
+    def validate(self) -> None:
+        _positive(self, "maxcount", "maxsize")
+
+
+@dataclass
+class DemoConfig:
+    """The main job: ingest -> quality filter -> txt2img instruction samples -> shards.
+
+    `input` defaults to the bundled sample corpus; `input_kind` "auto" picks folder / manifest / webdataset
+    from the path (a .parquet/.csv/.jsonl file is a manifest, .tar files are WebDataset shards).
+    """
+
+    input: str = ""
+    input_kind: str = "auto"
+    output: str = "out/demo"
+    seed: int = 0
+    templates_dir: str = ""
+    tasks: list[str] = field(default_factory=lambda: ["txt2img"])
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+    def validate(self) -> None:
+        if self.input_kind not in ("auto", "folder", "manifest", "webdataset"):
+            raise ConfigError(f"input_kind must be auto|folder|manifest|webdataset, not {self.input_kind!r}")
+        if not self.output:
+            raise ConfigError("output is required")
+        from mmdata.core.tasks import TASKS
+
+        for t in self.tasks:
+            if t not in TASKS:
+                raise ConfigError(f"unknown task {t!r}; known: {', '.join(sorted(TASKS))}")
+        self.ingest.validate()
+        self.quality.validate()
+        self.shards.validate()
+
+
+@dataclass
+class IngestJobConfig:
+    """`mmdata ingest`: sources -> decoded, checked image-text pairs as WebDataset shards."""
+
+    input: str = ""
+    input_kind: str = "auto"
+    output: str = "out/pairs"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("input is required")
+        DemoConfig(input=self.input, input_kind=self.input_kind, output=self.output).validate()
+        self.ingest.validate()
+        self.shards.validate()
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise ConfigError(f"{type(obj).__name__}.{n} must be > 0, got {getattr(obj, n)!r}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Build a config dataclass from a dict; unknown keys and wrong types raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(path + k for k in unknown)} for {cls.__name__}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}{f.name} must be a mapping")
+            kwargs[f.name] = from_dict(hint, value, f"{path}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(value, hint, path + f.name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list")
+        (item,) = typing.get_args(hint)
+        return [_coerce(v, item, name) for v in value]
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_yaml(cls: type[T], path: str | Path) -> T:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return from_dict(cls, data)
+
+
+def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            out += _flag_fields(hint, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append((prefix + f.name, hint, default))
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one `--a.b` flag per config field (default: unset, so YAML/defaults apply)."""
+    group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
+    group.add_argument("--config", help="YAML config file; flags override it")
+    for name, hint, default in _flag_fields(cls):
+        if name in skip:
+            continue
+        shown = ",".join(default) if isinstance(default, list) else default
+        group.add_argument(
+            f"--{name}", dest=f"cfg::{name}", default=None, metavar=getattr(hint, "__name__", "LIST").upper(),
+            help=f"default: {shown!r}",
+        )
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """Merge defaults <- --config YAML <- flags <- overrides, then validate."""
+    data: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        with open(args.config, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    for k, v in vars(args).items():
+        if k.startswith("cfg::") and v is not None:
+            _set_path(data, k[5:], v)
+    for k, v in overrides.items():
+        if v is not None:
+            _set_path(data, k, v)
+    cfg = from_dict(cls, data)
+    cfg.validate()  # type: ignore[attr-defined]
+    return cfg
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[last] = value

@@ -1,0 +1,153 @@
+"""Decode, check and normalise one encoded image.
+
+Policy (also in README, "Images"):
+- Refused unread: empty files (`empty_file`), files over `max_file_bytes` (`file_too_large`).
+- Refused from the header, before any pixel is decoded: more than `max_pixels` pixels or a side over `max_side`
+  (`decompression_bomb`), so a 50k x 50k PNG of a few KB never allocates gigabytes.
+- Not decodable: `not_an_image` (unknown format), `truncated_image` (data ends early), `corrupt_image`
+  (anything else the decoder raises).
+- Normalised on purpose: EXIF orientation applied; CMYK, YCbCr, LAB, HSV, palette without transparency,
+  1-bit and greyscale -> RGB; palette with transparency, LA, PA and premultiplied alpha -> RGBA (alpha is kept:
+  it is a free mask); 16-bit and 32-bit integer or float greyscale are rescaled to 8 bits; animations keep
+  their first frame. A fully opaque alpha channel is dropped (RGB).
+- Re-encoding: original bytes are kept when the image is already an 8-bit RGB/RGBA JPEG, PNG or WebP that
+  needed no change; everything else is re-encoded as PNG (lossless, deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmdata.core.reasons import Reason
+
+# We enforce our own pixel limit from the header; disable PIL's global one so the reason is ours.
+Image.MAX_IMAGE_PIXELS = None
+
+KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+
+
+@dataclass
+class DecodedImage:
+    """A checked image: encoded bytes to store plus what later stages need."""
+
+    data: bytes
+    format: str  # png | jpeg | webp
+    mode: str  # RGB | RGBA
+    width: int
+    height: int
+    sha256: str
+    reencoded: bool
+    original_format: str
+    original_mode: str
+
+
+def decode_image(
+    data: bytes | None,
+    max_file_bytes: int = 64 * 1024 * 1024,
+    max_pixels: int = 64_000_000,
+    max_side: int = 20_000,
+) -> DecodedImage | Reason:
+    """Decode and normalise an encoded image, or say why it cannot be used."""
+    if not data:
+        return Reason("empty_file", "zero bytes")
+    if len(data) > max_file_bytes:
+        return Reason("file_too_large", f"{len(data)} bytes > {max_file_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        return Reason("not_an_image", f"unrecognised image data (starts {data[:8]!r})")
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a reject, not a crash
+        return Reason("corrupt_image", f"{type(e).__name__}: {e}")
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        return Reason("corrupt_image", f"invalid size {w}x{h}")
+    if w * h > max_pixels or max(w, h) > max_side:
+        return Reason("decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels or side {max_side}")
+    original_format, original_mode = img.format or "", img.mode
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            rotated = ImageOps.exif_transpose(img)
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg or "broken data stream" in msg or "unexpected end" in msg.lower():
+            return Reason("truncated_image", msg)
+        return Reason("corrupt_image", f"OSError: {msg}")
+    except Exception as e:  # noqa: BLE001
+        return Reason("corrupt_image", f"{type(e).__name__}: {e}")
+    changed = rotated is not img
+    img = rotated
+    try:
+        out, mode_changed = normalise_mode(img)
+    except Exception as e:  # noqa: BLE001
+        return Reason("unsupported_mode", f"mode {original_mode}: {type(e).__name__}: {e}")
+    changed = changed or mode_changed or getattr(img, "n_frames", 1) > 1
+    if not changed and original_format in KEEP_FORMATS:
+        encoded, fmt = data, KEEP_FORMATS[original_format]
+    else:
+        buf = io.BytesIO()
+        out.save(buf, format="PNG", compress_level=6)
+        encoded, fmt = buf.getvalue(), "png"
+    return DecodedImage(
+        data=encoded,
+        format=fmt,
+        mode=out.mode,
+        width=out.width,
+        height=out.height,
+        sha256=hashlib.sha256(encoded).hexdigest(),
+        reencoded=encoded is not data,
+        original_format=original_format.lower(),
+        original_mode=original_mode,
+    )
+
+
+def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
+    """Convert any PIL mode to 8-bit RGB or RGBA. Returns (image, changed)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img, False
+    if mode == "RGBA":
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() == 255:
+            return img.convert("RGB"), True
+        return img, False
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        elif mode == "I":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = arr / 257.0 if lo >= 0 and hi <= 65535 else (arr - lo) / max(hi - lo, 1e-9) * 255.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
+        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        return grey.convert("RGB"), True
+    if mode == "P":
+        has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
+        if has_alpha:
+            return normalise_mode(img.convert("RGBA"))[0], True
+        return img.convert("RGB"), True
+    if mode in ("LA", "PA", "RGBa", "La"):
+        return normalise_mode(img.convert("RGBA"))[0], True
+    # L, 1, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB"), True
+
+
+def load_rgb_array(data: bytes, background: int = 255) -> np.ndarray:
+    """Decode already-checked image bytes to an (H, W, 3) uint8 array, alpha composited on `background`."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    if img.mode == "RGBA":
+        bg = Image.new("RGBA", img.size, (background, background, background, 255))
+        img = Image.alpha_composite(bg, img)
+    return np.asarray(img.convert("RGB"))

@@ -1,0 +1,384 @@
+"""Sources of image-text pairs, as Beam PTransforms yielding RawRecords.
+
+- `ReadFolder(root)`: a folder tree of images, each with a sidecar caption `<stem>.json` (object with a
+  caption field plus free metadata) and/or `<stem>.txt`.
+- `ReadManifest(pattern)`: Parquet, CSV or JSONL files with an image path column and a caption column; other
+  columns become metadata; relative paths are relative to the manifest's folder.
+- `ReadWebDataset(pattern)`: tar shards as img2dataset writes them (`NNNNN.tar` with `<key>.jpg|png|webp`,
+  `<key>.txt`, `<key>.json`, and a same-stem `.parquet` whose failed downloads become rejects).
+
+Readers never raise on bad data: a record they already know is bad carries `error=(reason, detail)` and becomes
+a reject in the ingest stage. Every path goes through `apache_beam.io.filesystems`, so gs:// and s3:// work
+where the matching Beam extras are installed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from mmdata.config import IngestConfig
+from mmdata.core.keys import slug_key
+from mmdata.records import RawRecord
+
+IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
+SIDECAR_EXTS = {"json", "txt"}
+IGNORED_PREFIXES = ("readme", "license", "attribution", ".")
+
+
+def _split_ext(path: str) -> tuple[str, str]:
+    base = posixpath.basename(path)
+    if "." not in base.lstrip("."):
+        return path, ""
+    stem, ext = path.rsplit(".", 1)
+    return stem, ext.lower()
+
+
+def _read_bytes(path: str, size: int | None, max_bytes: int) -> tuple[bytes | None, tuple[str, str] | None]:
+    if size is not None and size > max_bytes:
+        return None, ("file_too_large", f"{size} bytes > {max_bytes}")
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read(max_bytes + 1)
+    except Exception as e:  # noqa: BLE001 - unreadable file is a reject
+        return None, ("unreadable_file", f"{type(e).__name__}: {e}")
+    if len(data) > max_bytes:
+        return None, ("file_too_large", f"more than {max_bytes} bytes")
+    return data, None
+
+
+def _parse_sidecar_json(data: bytes, caption_field: str) -> tuple[Any, dict[str, Any], tuple[str, str] | None]:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, {}, ("bad_sidecar", f"json sidecar does not parse: {e}")
+    if not isinstance(doc, dict):
+        return None, {}, ("bad_sidecar", "json sidecar is not an object")
+    caption = doc.pop(caption_field, None)
+    if caption is not None and not isinstance(caption, str):
+        return None, doc, ("bad_sidecar", f"{caption_field!r} is not a string")
+    return caption, doc, None
+
+
+class _FolderGroupFn(beam.DoFn):
+    """(stem, [(ext, path, size)]) -> RawRecords for one stem of a folder tree."""
+
+    def __init__(self, root: str, cfg: IngestConfig):
+        self.root = root.rstrip("/")
+        self.cfg = cfg
+
+    def process(self, element: tuple[str, list[tuple[str, str, int]]]) -> Iterator[RawRecord]:
+        stem, files = element
+        rel_stem = stem[len(self.root) :].lstrip("/")
+        by_ext = {}
+        for ext, path, size in sorted(files):
+            by_ext.setdefault(ext, []).append((path, size))
+        images = sorted(e for e in by_ext if e in IMAGE_EXTS)
+        others = sorted(e for e in by_ext if e not in IMAGE_EXTS | SIDECAR_EXTS)
+        for ext in others:
+            for path, _ in by_ext[ext]:
+                rel = path[len(self.root) :].lstrip("/")
+                yield RawRecord(
+                    key=slug_key(rel), source=path, image=None, caption=None,
+                    error=("unsupported_extension", f".{ext} is neither an image nor a caption sidecar"),
+                )
+        if not images:
+            for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
+                for path, _ in by_ext[ext]:
+                    yield RawRecord(
+                        key=slug_key(rel_stem), source=path, image=None, caption=None,
+                        error=("orphan_sidecar", "caption sidecar without an image"),
+                    )
+            return
+        caption: Any = None
+        metadata: dict[str, Any] = {}
+        error: tuple[str, str] | None = None
+        if "json" in by_ext:
+            data, error = _read_bytes(by_ext["json"][0][0], by_ext["json"][0][1], 1 << 20)
+            if data is not None:
+                caption, metadata, error = _parse_sidecar_json(data, self.cfg.caption_field)
+        if caption is None and error is None and "txt" in by_ext:
+            caption, error = _read_bytes(by_ext["txt"][0][0], by_ext["txt"][0][1], 1 << 20)
+        if caption is None and error is None:
+            error = ("missing_caption", "no .txt or .json sidecar with a caption")
+        for n, ext in enumerate(images):
+            path, size = by_ext[ext][0]
+            # Two images with one stem (a.png + a.jpg) share the sidecar; keys stay distinct.
+            key = slug_key(rel_stem) + ("" if n == 0 else f"_{ext}")
+            image, read_error = (None, error) if error else _read_bytes(path, size, self.cfg.max_file_bytes)
+            yield RawRecord(
+                key=key, source=path, image=image, caption=caption,
+                metadata=dict(metadata), error=read_error or error, url=metadata.get("url"),
+            )
+
+
+class ReadFolder(beam.PTransform):
+    """Image files under `root` (recursively) with their sidecar captions."""
+
+    def __init__(self, root: str, cfg: IngestConfig | None = None):
+        super().__init__()
+        self.root = root.rstrip("/")
+        self.cfg = cfg or IngestConfig()
+
+    def expand(self, pbegin):
+        def keyed(meta) -> Iterator[tuple[str, tuple[str, str, int]]]:
+            base = posixpath.basename(meta.path)
+            if base.lower().startswith(IGNORED_PREFIXES) or base.lower().endswith((".md", ".jsonl")):
+                return
+            stem, ext = _split_ext(meta.path)
+            yield stem, (ext, meta.path, meta.size_in_bytes)
+
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.root + "/**")
+            | "ByStem" >> beam.FlatMap(keyed)
+            | "GroupStem" >> beam.GroupByKey()
+            | "Records" >> beam.ParDo(_FolderGroupFn(self.root, self.cfg))
+        )
+
+
+def _manifest_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(row index, row or None, error detail) for every row of a manifest file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    ext = _split_ext(path)[1]
+    with FileSystems.open(path) as f:
+        data = f.read()
+    if ext in ("jsonl", "json", "ndjson"):
+        for i, line in enumerate(data.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("row is not an object")
+            except ValueError as e:
+                yield i, None, f"line {i + 1}: {e}"
+                continue
+            yield i, row, ""
+        return
+    if ext == "parquet":
+        table = pq.read_table(io.BytesIO(data))
+    elif ext in ("csv", "tsv"):
+        opts = pacsv.ParseOptions(delimiter="\t" if ext == "tsv" else ",", newlines_in_values=True)
+        table = pacsv.read_csv(io.BytesIO(data), parse_options=opts)
+    else:
+        raise ValueError(f"unsupported manifest format {ext!r} for {path} (use .parquet, .csv or .jsonl)")
+    for i, row in enumerate(table.to_pylist()):
+        yield i, row, ""
+
+
+class _ManifestRowFn(beam.DoFn):
+    def __init__(self, cfg: IngestConfig):
+        self.cfg = cfg
+
+    def process(self, item: tuple[str, int, dict[str, Any] | None, str]) -> Iterator[RawRecord]:
+        manifest, i, row, err = item
+        stem = slug_key(posixpath.basename(manifest))
+        default_key = f"{stem}_{i:09d}"
+        if row is None:
+            yield RawRecord(key=default_key, source=f"{manifest}#{i}", image=None, caption=None,
+                            error=("bad_manifest_row", err))
+            return
+        cfg = self.cfg
+        key = row.get(cfg.key_field)
+        key = slug_key(str(key)) if key not in (None, "") else default_key
+        path = row.get(cfg.path_field)
+        caption = row.get(cfg.caption_field)
+        metadata = {k: v for k, v in row.items() if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)}
+        metadata = json.loads(json.dumps(metadata, default=str))
+        if not isinstance(path, str) or not path:
+            yield RawRecord(key=key, source=f"{manifest}#{i}", image=None, caption=caption,
+                            metadata=metadata, error=("missing_path", f"no {cfg.path_field!r} in row"))
+            return
+        if "://" not in path and not path.startswith("/"):
+            path = FileSystems.join(posixpath.dirname(manifest), path)
+        if not FileSystems.exists(path):
+            yield RawRecord(key=key, source=path, image=None, caption=caption, metadata=metadata,
+                            error=("missing_file", f"{path} does not exist"))
+            return
+        image, error = _read_bytes(path, None, cfg.max_file_bytes)
+        yield RawRecord(key=key, source=path, image=image, caption=caption, metadata=metadata,
+                        url=metadata.get("url") if isinstance(metadata.get("url"), str) else None,
+                        error=error)
+
+
+class ReadManifest(beam.PTransform):
+    """Rows of Parquet/CSV/JSONL manifests naming image paths and captions."""
+
+    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
+        super().__init__()
+        self.pattern = pattern
+        self.cfg = cfg or IngestConfig()
+
+    def expand(self, pbegin):
+        def rows(meta):
+            for i, row, err in _manifest_rows(meta.path):
+                yield meta.path, i, row, err
+
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Rows" >> beam.FlatMap(rows)
+            | "Spread" >> beam.Reshuffle()
+            | "Load" >> beam.ParDo(_ManifestRowFn(self.cfg))
+        )
+
+
+def _unsafe_member(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith("/") or ".." in parts or (len(name) > 1 and name[1] == ":")
+
+
+class _TarFn(beam.DoFn):
+    """One img2dataset-style tar (+ its parquet) -> RawRecords."""
+
+    def __init__(self, cfg: IngestConfig):
+        self.cfg = cfg
+
+    def _status_rows(self, tar_path: str) -> dict[str, dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        pq_path = tar_path[: -len(".tar")] + ".parquet"
+        if not FileSystems.exists(pq_path):
+            return {}
+        with FileSystems.open(pq_path) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        return {str(r.get("key")): r for r in table.to_pylist() if r.get("key") is not None}
+
+    def process(self, meta) -> Iterator[RawRecord]:
+        tar_path = meta.path
+        cfg = self.cfg
+        try:
+            status = self._status_rows(tar_path)
+        except Exception as e:  # noqa: BLE001
+            yield RawRecord(key=slug_key(posixpath.basename(tar_path)) + "_parquet", source=tar_path,
+                            image=None, caption=None, error=("bad_sidecar", f"parquet: {e}"))
+            status = {}
+        seen_ok: set[str] = set()
+        group: dict[str, bytes] = {}
+        group_key: str | None = None
+
+        def flush() -> Iterator[RawRecord]:
+            if group_key is None:
+                return
+            seen_ok.add(group_key)
+            yield self._record(tar_path, group_key, dict(group), status.get(group_key))
+
+        try:
+            with FileSystems.open(tar_path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                for ti in tar:
+                    name = ti.name
+                    src = f"{tar_path}::{name}"
+                    if ti.isdir():
+                        continue
+                    if _unsafe_member(name) or not ti.isreg():
+                        kind = "path escapes the archive" if _unsafe_member(name) else "not a regular file"
+                        yield RawRecord(key=slug_key(name), source=src, image=None, caption=None,
+                                        error=("unsafe_tar_member", f"{name!r}: {kind}"))
+                        continue
+                    base = posixpath.basename(name)
+                    if "." not in base:
+                        yield RawRecord(key=slug_key(name), source=src, image=None, caption=None,
+                                        error=("unsupported_extension", f"member {name!r} has no extension"))
+                        continue
+                    key, ext = base.split(".", 1)
+                    key = slug_key(posixpath.join(posixpath.dirname(name), key))
+                    if key != group_key:
+                        yield from flush()
+                        group, group_key = {}, key
+                    if ti.size > cfg.max_file_bytes:
+                        group[ext.lower()] = b""
+                        group["__too_large__"] = f"{ext}: {ti.size} bytes".encode()
+                        continue
+                    fobj = tar.extractfile(ti)
+                    group[ext.lower()] = fobj.read() if fobj else b""
+                yield from flush()
+                group_key = None
+        except (tarfile.TarError, OSError, EOFError) as e:
+            yield from flush()
+            yield RawRecord(key=slug_key(posixpath.basename(tar_path)) + "_tar", source=tar_path, image=None,
+                            caption=None, error=("corrupt_tar", f"{type(e).__name__}: {e}"))
+        for key, row in sorted(status.items()):
+            if key not in seen_ok and row.get("status") not in (None, "success"):
+                yield RawRecord(key=key, source=f"{tar_path}#parquet", image=None, caption=row.get("caption"),
+                                url=row.get("url"),
+                                error=("download_failed", str(row.get("error_message") or row.get("status"))))
+
+    def _record(self, tar_path: str, key: str, members: dict[str, bytes], row: dict | None) -> RawRecord:
+        src = f"{tar_path}::{key}"
+        metadata: dict[str, Any] = {}
+        caption: Any = None
+        error: tuple[str, str] | None = None
+        if "json" in members:
+            caption, metadata, error = _parse_sidecar_json(members["json"], self.cfg.caption_field)
+        if caption is None and "txt" in members:
+            caption = members["txt"]
+        if row:
+            metadata.setdefault("url", row.get("url"))
+        images = sorted(e for e in members if e in IMAGE_EXTS)
+        if "__too_large__" in members:
+            error = ("file_too_large", members["__too_large__"].decode())
+        elif not images:
+            error = error or ("missing_image", f"sample has members {sorted(members)} but no image")
+        image = members[images[0]] if images else None
+        url = metadata.get("url") if isinstance(metadata.get("url"), str) else None
+        return RawRecord(key=key, source=src, image=image, caption=caption, metadata=metadata, url=url,
+                         error=error)
+
+
+class ReadWebDataset(beam.PTransform):
+    """img2dataset-style WebDataset tar shards."""
+
+    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
+        super().__init__()
+        self.pattern = pattern
+        self.cfg = cfg or IngestConfig()
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Spread" >> beam.Reshuffle()
+            | "Tars" >> beam.ParDo(_TarFn(self.cfg))
+        )
+
+
+def detect_kind(path: str) -> tuple[str, str]:
+    """(kind, pattern) for an input path: a folder, a manifest file/glob, or tar shards."""
+    ext = _split_ext(path)[1]
+    if ext in ("parquet", "csv", "tsv", "jsonl", "ndjson", "json"):
+        return "manifest", path
+    if ext == "tar":
+        return "webdataset", path
+    if FileSystems.exists(path) and not FileSystems.match([path.rstrip("/") + "/*.tar"])[0].metadata_list:
+        return "folder", path
+    if FileSystems.exists(path):
+        return "webdataset", path.rstrip("/") + "/*.tar"
+    raise FileNotFoundError(f"input {path!r} does not exist")
+
+
+def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) -> beam.PTransform:
+    """The reader PTransform for an input path."""
+    if kind == "auto":
+        kind, pattern = detect_kind(path)
+    else:
+        pattern = path
+        if kind == "webdataset" and not path.endswith(".tar"):
+            pattern = path.rstrip("/") + "/*.tar"
+    if kind == "folder":
+        return ReadFolder(pattern, cfg)
+    if kind == "manifest":
+        return ReadManifest(pattern, cfg)
+    if kind == "webdataset":
+        return ReadWebDataset(pattern, cfg)
+    raise ValueError(f"unknown input kind {kind!r}")

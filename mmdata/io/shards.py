@@ -1,0 +1,228 @@
+"""The shard sink: deterministic WebDataset tars with same-stem Parquet sidecars.
+
+Every stage writes its output with `WriteShards`. The contract:
+- Items carry a `sort_key` (a stable hash of their identity). All items are ordered by it; item i of that order
+  gets key `shard_key(i)` (9 zero-padded digits, no dots) and goes to shard `NNNNN.tar`, filled in order up to
+  `maxcount` samples or `maxsize` bytes.
+- Members are `<key>.<field>.<ext>` (e.g. `000000123.target.png`) plus `<key>.json`, written by
+  `webdataset.TarWriter` with sorted members, a fixed mtime, uid/gid names and mode, so the same items give the
+  same bytes on every runner.
+- A shard is written under a temporary name and renamed when complete; its `.parquet` (one row per sample, and
+  the tar's sha256 and size in the Parquet key-value metadata) is renamed last, so a visible `.parquet` means
+  the shard is complete. A rerun skips a shard whose sidecar already lists exactly the expected samples.
+
+Planning needs one global step over (sort_key, size) pairs only (no image bytes): the plan is a short list of
+shard boundaries, passed to the writers as a side input.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from apache_beam.io.filesystems import FileSystems
+
+from mmdata.core.keys import shard_key, shard_name
+
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+META_SHA = b"mmdata.tar_sha256"
+META_BYTES = b"mmdata.tar_bytes"
+
+
+@dataclass
+class ShardItem:
+    """One sample to write.
+
+    Attributes:
+        sort_key: stable, unique ordering key (hex hash of the sample's identity).
+        members: `field.ext` -> bytes (e.g. {"target.png": ..., "ctx1.png": ...}).
+        meta: the `<key>.json` member; "key" is added by the writer.
+        row: the Parquet sidecar row; "key" and "shard" are added by the writer.
+    """
+
+    sort_key: str
+    members: dict[str, bytes]
+    meta: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(v) for v in self.members.values()) + 1024
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    parquet: str
+    samples: int
+    bytes: int
+    sha256: str
+    skipped: bool = False
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "parquet": self.parquet, "samples": self.samples, "bytes": self.bytes,
+                "sha256": self.sha256}
+
+
+def plan_shards(sizes: list[tuple[str, int]], maxcount: int, maxsize: int) -> list[tuple[str, int, int]]:
+    """Cut the sorted items into shards.
+
+    Args:
+        sizes: (sort_key, nbytes) of every item, any order.
+        maxcount, maxsize: shard limits (an item larger than maxsize gets a shard of its own).
+
+    Returns:
+        One (first sort_key, first global index, count) per shard.
+    """
+    items = sorted(sizes)
+    keys = [k for k, _ in items]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k, n in zip(keys, keys[1:], strict=False) if k == n)
+        raise ValueError(f"duplicate sort_key {dup!r}: two samples have the same identity")
+    plan: list[tuple[str, int, int]] = []
+    start, count, size = 0, 0, 0
+    for i, (_, nbytes) in enumerate(items):
+        if count and (count >= maxcount or size + nbytes > maxsize):
+            plan.append((items[start][0], start, count))
+            start, count, size = i, 0, 0
+        count += 1
+        size += nbytes
+    if count:
+        plan.append((items[start][0], start, count))
+    return plan
+
+
+def shard_for(sort_key: str, plan: list[tuple[str, int, int]]) -> int:
+    firsts = [p[0] for p in plan]
+    return bisect.bisect_right(firsts, sort_key) - 1
+
+
+def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
+    """The tar bytes of (key, item) samples, deterministic."""
+    buf = io.BytesIO()
+    with wds.TarWriter(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
+        for key, item in samples:
+            meta = {"key": key, **item.meta}
+            sample: dict[str, Any] = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode()}
+            for name, data in item.members.items():
+                if name == "json" or "/" in name:
+                    raise ValueError(f"bad member field {name!r}")
+                sample[name] = data
+            tw.write(sample)
+    return buf.getvalue()
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+def _parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema | None, meta: dict[bytes, bytes]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def read_sidecar(path: str) -> tuple[list[str], dict[bytes, bytes]] | None:
+    """(sample_ids in order, key-value metadata) of a shard's parquet, or None if absent/unreadable."""
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path) as f:
+            table = pq.read_table(io.BytesIO(f.read()), columns=["sort_key"])
+        return table.column("sort_key").to_pylist(), dict(table.schema.metadata or {})
+    except Exception:  # noqa: BLE001 - an unreadable sidecar means: rewrite the shard
+        return None
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, output: str, schema: pa.Schema | None, overwrite: bool):
+        self.output = output.rstrip("/")
+        self.schema = schema
+        self.overwrite = overwrite
+
+    def process(self, element, plan) -> Iterator[ShardInfo]:
+        idx, items = element
+        first, start, count = plan[idx]
+        items = sorted(items, key=lambda it: it.sort_key)
+        if len(items) != count or items[0].sort_key != first:
+            raise RuntimeError(f"shard {idx}: planned {count} items from {first}, got {len(items)}")
+        name = shard_name(idx)
+        tar_path = f"{self.output}/{name}.tar"
+        pq_path = f"{self.output}/{name}.parquet"
+        expected = [it.sort_key for it in items]
+        if not self.overwrite:
+            existing = read_sidecar(pq_path)
+            if existing and existing[0] == expected and FileSystems.exists(tar_path):
+                sha = existing[1].get(META_SHA, b"").decode()
+                nbytes = int(existing[1].get(META_BYTES, b"0"))
+                sizes = FileSystems.match([tar_path])[0].metadata_list
+                if sha and sizes and sizes[0].size_in_bytes == nbytes:
+                    beam.metrics.Metrics.counter("shards", "skipped_complete").inc()
+                    yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True)
+                    return
+        keyed = [(shard_key(start + i), it) for i, it in enumerate(items)]
+        tar = encode_tar(keyed)
+        sha = hashlib.sha256(tar).hexdigest()
+        rows = [
+            {"key": k, "shard": f"{name}.tar", "sort_key": it.sort_key, **it.row} for k, it in keyed
+        ]
+        meta = {META_SHA: sha.encode(), META_BYTES: str(len(tar)).encode()}
+        pq_bytes = _parquet_bytes(rows, self.schema, meta)
+        if FileSystems.exists(pq_path):  # stale sidecar first: an old .parquet must never vouch for a new tar
+            FileSystems.delete([pq_path])
+        _write_atomic(tar_path, tar)
+        _write_atomic(pq_path, pq_bytes)
+        beam.metrics.Metrics.counter("shards", "written").inc()
+        beam.metrics.Metrics.counter("shards", "samples").inc(count)
+        yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, len(tar), sha)
+
+
+class WriteShards(beam.PTransform):
+    """ShardItems -> shards under `output`; returns a PCollection of ShardInfo (one per shard).
+
+    Args:
+        output: dataset folder (any Beam filesystem path).
+        maxcount, maxsize: shard limits.
+        schema: optional pyarrow schema of the sidecar rows (key, shard, sort_key + the items' rows).
+        overwrite: rewrite shards even when an identical complete one exists.
+    """
+
+    def __init__(self, output: str, maxcount: int = 1000, maxsize: int = 512 << 20,
+                 schema: pa.Schema | None = None, overwrite: bool = False):
+        super().__init__()
+        self.output = output
+        self.maxcount = maxcount
+        self.maxsize = maxsize
+        self.schema = schema
+        self.overwrite = overwrite
+
+    def expand(self, items):
+        maxcount, maxsize = self.maxcount, self.maxsize
+        plan = (
+            items
+            | "Sizes" >> beam.Map(lambda it: (it.sort_key, it.nbytes))
+            | "AllSizes" >> beam.combiners.ToList()
+            | "Plan" >> beam.Map(plan_shards, maxcount, maxsize)
+        )
+        plan_side = beam.pvalue.AsSingleton(plan)
+        return (
+            items
+            | "Assign" >> beam.Map(lambda it, p: (shard_for(it.sort_key, p), it), plan_side)
+            | "GroupShard" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)
+        )

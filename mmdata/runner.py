@@ -1,0 +1,50 @@
+"""Running a Beam pipeline: options, default runner, result summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+log = logging.getLogger("mmdata")
+
+
+def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
+    """Beam options from the pass-through arguments; DirectRunner unless `--runner` says otherwise."""
+    opts = PipelineOptions(list(beam_args or []))
+    std = opts.view_as(StandardOptions)
+    if not std.runner:
+        std.runner = "DirectRunner"
+    return opts
+
+
+def run_pipeline(
+    build: Callable[[beam.Pipeline], Any],
+    beam_args: list[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+) -> None:
+    """Build the graph with `build(p)` and run it to completion (or into the given test pipeline)."""
+    if test_pipeline is not None:
+        build(test_pipeline)
+        return
+    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+        build(p)
+
+
+def summarize(output: str) -> str:
+    """A short human summary of a dataset's manifest."""
+    m = json.loads(Path(output, "manifest.json").read_text())
+    lines = [f"dataset: {output}"]
+    order = m.get("stages", []) + sorted(set(m["counts"]) - set(m.get("stages", [])))
+    for stage in order:
+        c = m["counts"][stage]
+        rej = ", ".join(f"{k}={v}" for k, v in c["rejected"].items()) or "none"
+        lines.append(f"  {stage:<12} in={c['input']:<6} kept={c['kept']:<6} rejected: {rej}")
+    lines.append(f"  shards: {len(m['shards'])}  samples: {m['totals']['samples']}  rejects: {m['totals']['rejects']}")
+    lines.append(f"  tasks: {m['tasks']}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""One Beam PTransform per stage; composed only by pipelines/."""

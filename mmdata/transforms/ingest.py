@@ -1,0 +1,77 @@
+"""Ingest: raw records -> checked image-text pairs; duplicate keys -> rejects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import apache_beam as beam
+
+from mmdata.config import IngestConfig
+from mmdata.core.caption import clean_caption
+from mmdata.core.image import decode_image
+from mmdata.core.reasons import Reason
+from mmdata.records import ImageTextPair, RawRecord, Reject
+from mmdata.transforms.stage import REJECTS, Stage, stage_counts
+
+
+def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
+    """Decode + check one raw record (pure; see mmdata/core/image.py and caption.py for the rules)."""
+    if rec.error:
+        return Reason(*rec.error)
+    img = decode_image(rec.image, cfg.max_file_bytes, cfg.max_pixels, cfg.max_side)
+    if isinstance(img, Reason):
+        return img
+    caption = clean_caption(rec.caption, cfg.max_caption_chars)
+    if isinstance(caption, Reason):
+        return caption
+    meta = dict(rec.metadata)
+    if img.reencoded:
+        meta["original_format"] = img.original_format
+        meta["original_mode"] = img.original_mode
+    return ImageTextPair(
+        key=rec.key, image=img.data, format=img.format, caption=caption, source=rec.source, url=rec.url,
+        width=img.width, height=img.height, sha256=img.sha256, mode=img.mode, metadata=meta,
+    )
+
+
+class _UniqueKeyFn(beam.DoFn):
+    """(key, [pairs]) -> the pair from the smallest source; the others are `duplicate_key` rejects."""
+
+    def process(self, element) -> Iterator:
+        key, pairs = element
+        pairs = sorted(pairs, key=lambda p: (p.source, p.sha256))
+        yield pairs[0]
+        for p in pairs[1:]:
+            yield beam.pvalue.TaggedOutput(
+                REJECTS,
+                Reject(key=key, stage="unique_keys", reason="duplicate_key",
+                       detail=f"key also used by {pairs[0].source}", source=p.source),
+            )
+
+
+class Ingest(beam.PTransform):
+    """RawRecords -> {"kept": ImageTextPairs, "rejects": Rejects, "counts": [(stage, counts)]}.
+
+    Two stages: `ingest` (decode, normalise, caption rules) and `unique_keys` (one record per key).
+    """
+
+    def __init__(self, cfg: IngestConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, raw):
+        cfg = self.cfg
+        decoded = raw | "Decode" >> Stage("ingest", lambda r: raw_to_pair(r, cfg))
+        pairs = decoded["kept"]
+        uniq = (
+            pairs
+            | "ByKey" >> beam.Map(lambda p: (p.key, p))
+            | "GroupKey" >> beam.GroupByKey()
+            | "Unique" >> beam.ParDo(_UniqueKeyFn()).with_outputs(REJECTS, main="kept")
+        )
+        counts = (
+            decoded["counts"],
+            stage_counts("unique_keys", pairs, uniq.kept, uniq[REJECTS]),
+        ) | "FlattenCounts" >> beam.Flatten()
+        rejects = (decoded["rejects"], uniq[REJECTS]) | "FlattenRejects" >> beam.Flatten()
+        return {"kept": uniq.kept, "rejects": rejects, "counts": counts}

@@ -1,0 +1,131 @@
+"""The last step of every job: rejects.parquet, stale-shard cleanup and manifest.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from mmdata.io.shards import _write_atomic
+
+REJECT_SCHEMA = pa.schema(
+    [("key", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+     ("source", pa.string())]
+)
+VERSIONED = ("mmdata", "apache-beam", "webdataset", "pyarrow", "pillow", "numpy", "torch", "open_clip_torch",
+             "faiss-cpu", "onnxruntime")
+
+
+class AccountingError(RuntimeError):
+    """A stage's inputs != kept + rejected: something was lost or invented."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def check_accounting(counts: dict[str, dict[str, Any]], chain: list[str]) -> None:
+    """Each stage: input == kept + rejected; along `chain`, a stage's kept == the next stage's input."""
+    for stage, c in counts.items():
+        rejected = sum(c["rejected"].values())
+        if c["input"] != c["kept"] + rejected:
+            raise AccountingError(f"stage {stage}: input {c['input']} != kept {c['kept']} + rejected {rejected}")
+    for a, b in zip(chain, chain[1:], strict=False):
+        if a in counts and b in counts and counts[a]["kept"] != counts[b]["input"]:
+            raise AccountingError(f"stage {a} kept {counts[a]['kept']} but stage {b} got {counts[b]['input']}")
+
+
+class _FinalizeFn(beam.DoFn):
+    def __init__(self, output: str, job: str, config: dict[str, Any], chain: list[str],
+                 mixture: dict[str, float], notes: list[str]):
+        self.output = output.rstrip("/")
+        self.job = job
+        self.config = config
+        self.chain = chain
+        self.mixture = mixture
+        self.notes = notes
+
+    def process(self, _, counts, shards, rejects, tasks):
+        counts_d = {stage: c for stage, c in sorted(counts)}
+        check_accounting(counts_d, self.chain)
+        rows = sorted((r.to_dict() for r in rejects), key=lambda r: (r["stage"], r["key"], r["reason"], r["source"]))
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
+        _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
+        shards = sorted(shards, key=lambda s: s.name)
+        self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
+        task_counts = dict(sorted(tasks))
+        total = sum(task_counts.values())
+        mixture = self.mixture or {t: round(n / total, 6) for t, n in task_counts.items()} if total else {}
+        manifest = {
+            "format": "mmdata-webdataset-v1",
+            "mmdata_version": package_versions().get("mmdata", "0"),
+            "job": self.job,
+            "config": self.config,
+            "versions": package_versions(),
+            "stages": self.chain,
+            "counts": counts_d,
+            "shards": [s.to_manifest() for s in shards],
+            "tasks": task_counts,
+            "mixture": mixture,
+            "totals": {"samples": sum(s.samples for s in shards), "rejects": len(rows)},
+            "notes": self.notes,
+        }
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        _write_atomic(f"{self.output}/manifest.json", data)
+        yield manifest
+
+    def _remove_stale(self, keep: set[str]) -> None:
+        """Shards of an earlier run that this run's plan no longer has, and leftover temporary files."""
+        stale = []
+        for pattern in ("*.tar", "*.parquet", "*.tmp-*"):
+            for m in FileSystems.match([f"{self.output}/{pattern}"])[0].metadata_list:
+                name = m.path.rsplit("/", 1)[-1]
+                if name not in keep and name != "rejects.parquet":
+                    stale.append(m.path)
+        if stale:
+            FileSystems.delete(stale)
+
+
+class WriteManifest(beam.PTransform):
+    """Writes rejects.parquet and manifest.json; outputs the manifest dict.
+
+    Args:
+        output: dataset folder.
+        job: job name.
+        config: resolved config (dict) stored in the manifest.
+        chain: stage names in order, for the kept(n) == input(n+1) check.
+        mixture: task mixing ratios; default: the tasks' shares of the samples.
+    """
+
+    def __init__(self, output: str, job: str, config: dict[str, Any], chain: list[str],
+                 mixture: dict[str, float] | None = None, notes: list[str] | None = None):
+        super().__init__()
+        self.args = (output, job, config, chain, mixture or {}, notes or [])
+
+    def expand(self, inputs):
+        counts, shards, rejects, tasks = inputs
+        return (
+            counts.pipeline
+            | "Once" >> beam.Create([None])
+            | "Finalize" >> beam.ParDo(
+                _FinalizeFn(*self.args),
+                beam.pvalue.AsList(counts),
+                beam.pvalue.AsList(shards),
+                beam.pvalue.AsList(rejects),
+                beam.pvalue.AsList(tasks),
+            )
+        )

@@ -1,0 +1,111 @@
+"""The stage pattern every transform follows: a pure function per record, a dead-letter output, and counts.
+
+`Stage(name, fn)` applies `fn(element) -> output | Reject | Reason` to every element. Outputs go to `kept`,
+refusals to `rejects` (with stage, reason, detail, source); an unexpected exception in `fn` becomes an
+`unexpected_error` reject instead of killing the job. Counts are Beam metrics (`<stage>/input`, `kept`,
+`rejected_<reason>`) and also data (`counts`), so they land in the manifest on every runner:
+`input == kept + sum(rejected)` is checked when the manifest is written.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from mmdata.core.reasons import Reason
+from mmdata.records import Reject
+
+REJECTS = "rejects"
+
+
+def _key_and_source(element: Any) -> tuple[str, str]:
+    key = getattr(element, "key", None) or getattr(element, "sample_id", None) or ""
+    source = getattr(element, "source", None) or getattr(element, "target_source_key", "") or ""
+    return str(key), str(source)
+
+
+class _StageFn(beam.DoFn):
+    def __init__(self, stage: str, fn: Callable[[Any], Any]):
+        self.stage = stage
+        self.fn = fn
+        self._counters: dict[str, Any] = {}
+
+    def _inc(self, name: str) -> None:
+        if name not in self._counters:
+            self._counters[name] = Metrics.counter(self.stage, name)
+        self._counters[name].inc()
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self._inc("input")
+        try:
+            out = self.fn(element)
+        except Exception as e:  # noqa: BLE001 - a bad record must not kill the job
+            out = Reason("unexpected_error", f"{type(e).__name__}: {e} | {traceback.format_exc(limit=3)}")
+        if isinstance(out, Reason):
+            key, source = _key_and_source(element)
+            out = Reject(key=key, stage=self.stage, reason=out.reason, detail=out.detail, source=source)
+        if isinstance(out, Reject):
+            self._inc(f"rejected_{out.reason}")
+            yield beam.pvalue.TaggedOutput(REJECTS, out)
+        else:
+            self._inc("kept")
+            yield out
+
+
+class _CountFn(beam.CombineFn):
+    """Tagged 1s -> {"input": n, "kept": n, "rejected": {reason: n}}."""
+
+    def create_accumulator(self) -> dict[str, int]:
+        return {}
+
+    def add_input(self, acc: dict[str, int], tag: str) -> dict[str, int]:
+        acc[tag] = acc.get(tag, 0) + 1
+        return acc
+
+    def merge_accumulators(self, accs) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in accs:
+            for k, v in a.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def extract_output(self, acc: dict[str, int]) -> dict[str, Any]:
+        return {
+            "input": acc.get("input", 0),
+            "kept": acc.get("kept", 0),
+            "rejected": {k[4:]: v for k, v in sorted(acc.items()) if k.startswith("rej:")},
+        }
+
+
+def stage_counts(name: str, inputs, kept, rejects) -> beam.PCollection:
+    """A one-element PCollection (stage, counts) computed from the data itself (not from metrics)."""
+    tagged = (
+        inputs | f"{name}/CountIn" >> beam.Map(lambda _: "input"),
+        kept | f"{name}/CountKept" >> beam.Map(lambda _: "kept"),
+        rejects | f"{name}/CountRej" >> beam.Map(lambda r: "rej:" + r.reason),
+    )
+    return (
+        tagged
+        | f"{name}/FlattenCounts" >> beam.Flatten()
+        | f"{name}/Count" >> beam.CombineGlobally(_CountFn())
+        | f"{name}/Name" >> beam.Map(lambda c, n=name: (n, c))
+    )
+
+
+class Stage(beam.PTransform):
+    """Apply a per-record function with a dead-letter output and counts."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]):
+        super().__init__(label=name)
+        self.stage = name
+        self.fn = fn
+
+    def expand(self, pcoll) -> dict[str, beam.PCollection]:
+        """Returns {"kept", "rejects", "counts"}."""
+        res = pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn)).with_outputs(REJECTS, main="kept")
+        kept, rejects = res.kept, res[REJECTS]
+        return {"kept": kept, "rejects": rejects, "counts": stage_counts(self.stage, pcoll, kept, rejects)}

@@ -1,0 +1,61 @@
+"""`mmdata demo`, `mmdata ingest` and `mmdata inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mmdata.config import DemoConfig, IngestJobConfig, add_config_flags, config_from_args
+from mmdata.runner import summarize
+
+log = logging.getLogger("mmdata")
+
+
+def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines import demo
+
+    cfg = config_from_args(DemoConfig, args)
+    log.info("demo: input=%s output=%s runner args=%s", cfg.input or "<bundled sample corpus>", cfg.output,
+             beam_args or "[DirectRunner]")
+    demo.run(cfg, beam_args, overwrite=args.overwrite)
+    print(summarize(cfg.output))
+    print(f"\nOutput written to: {cfg.output}\nLook at it with: mmdata inspect {cfg.output}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines import ingest
+
+    cfg = config_from_args(IngestJobConfig, args)
+    ingest.run(cfg, beam_args, overwrite=args.overwrite)
+    print(summarize(cfg.output))
+    print(f"\nOutput written to: {cfg.output}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.inspect import write_report
+
+    out = write_report(args.dataset, args.out, max_samples=args.max_samples)
+    print(f"Report written to: {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the main job (ingest -> quality -> txt2img -> shards) on the sample corpus",
+                       description="Ingest the bundled sample corpus (or --input), filter by technical quality, build "
+                       "text-to-image instruction samples and write WebDataset shards, manifest and rejects.")
+    p.add_argument("--overwrite", action="store_true", help="rewrite complete shards instead of skipping them")
+    add_config_flags(p, DemoConfig)
+    p.set_defaults(func=_demo, accepts_beam_args=True)
+
+    p = sub.add_parser("ingest", help="read a folder / manifest / WebDataset source into checked pair shards")
+    p.add_argument("--overwrite", action="store_true")
+    add_config_flags(p, IngestJobConfig)
+    p.set_defaults(func=_ingest, accepts_beam_args=True)
+
+    p = sub.add_parser("inspect", help="write a self-contained HTML page showing a dataset")
+    p.add_argument("dataset", help="dataset folder (with manifest.json)")
+    p.add_argument("--out", default=None, help="HTML file (default: <dataset>/inspect.html)")
+    p.add_argument("--max_samples", type=int, default=48)
+    p.set_defaults(func=_inspect)

@@ -1,0 +1,42 @@
+"""The main job: ingest -> quality filter -> txt2img instruction samples -> shards + manifest + rejects."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from mmdata.config import DemoConfig, to_dict
+from mmdata.core.templates import load_templates
+from mmdata.io.readers import read_source
+from mmdata.io.shards import WriteShards
+from mmdata.runner import run_pipeline
+from mmdata.sample import sample_corpus_dir
+from mmdata.transforms.ingest import Ingest
+from mmdata.transforms.instructions import SAMPLE_ROW_SCHEMA, BuildTxt2Img, sample_to_item
+from mmdata.transforms.manifest import WriteManifest
+from mmdata.transforms.quality import QualityFilter
+
+STAGES = ["ingest", "unique_keys", "quality", "txt2img"]
+
+
+def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
+    """Wire the demo job into `p`; returns the manifest PCollection."""
+    source = cfg.input or str(sample_corpus_dir())
+    templates = load_templates("txt2img", cfg.templates_dir or None)
+    ing = p | "Read" >> read_source(source, cfg.input_kind, cfg.ingest) | "Ingest" >> Ingest(cfg.ingest)
+    qual = ing["kept"] | "Quality" >> QualityFilter(cfg.quality)
+    t2i = qual["kept"] | "Txt2Img" >> BuildTxt2Img(templates, cfg.seed)
+    samples = t2i["kept"]
+    shards = (
+        samples
+        | "ToItems" >> beam.Map(sample_to_item)
+        | "Shards" >> WriteShards(cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, SAMPLE_ROW_SCHEMA, overwrite)
+    )
+    tasks = samples | "Tasks" >> beam.Map(lambda s: s.task) | "CountTasks" >> beam.combiners.Count.PerElement()
+    counts = (ing["counts"], qual["counts"], t2i["counts"]) | "Counts" >> beam.Flatten()
+    rejects = (ing["rejects"], qual["rejects"], t2i["rejects"]) | "Rejects" >> beam.Flatten()
+    config = {**to_dict(cfg), "input": source}
+    return (counts, shards, rejects, tasks) | "Manifest" >> WriteManifest(cfg.output, "demo", config, STAGES)
+
+
+def run(cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None) -> None:
+    run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)
