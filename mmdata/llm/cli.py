@@ -1,0 +1,403 @@
+"""`mmdata templates generate|validate|review|list|server`: LLM-written instruction templates.
+
+Endpoint settings come from flags or the environment, never from files:
+`--base-url`/`MMDATA_LLM_BASE_URL` (or `OPENAI_BASE_URL`), `--model`/`MMDATA_LLM_MODEL`,
+`--mode`/`MMDATA_LLM_MODE`, and the key from `MMDATA_LLM_API_KEY` or `OPENAI_API_KEY` (or
+`--api-key`). With none set, a local server started by `make llm-server-start` is used, and
+`--local` starts one just for the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmdata.core.tasks import TASKS, get_task
+from mmdata.llm import store
+from mmdata.llm.cache import ResponseCache
+from mmdata.llm.client import EndpointConfig, LLMClient, LLMError, api_key_from_env
+from mmdata.llm.generate import DEFAULT_CONCURRENCY, generate
+from mmdata.llm.prompts import Sampling
+from mmdata.llm.validate import DEFAULT_SIMILARITY_THRESHOLD, default_embedder, validate_file
+
+log = logging.getLogger(__name__)
+
+
+def _tasks(arg: list[str] | None) -> list[str]:
+    if not arg or "all" in arg:
+        return list(TASKS)
+    for t in arg:
+        get_task(t)
+    return arg
+
+
+@dataclass
+class Endpoint:
+    config: EndpointConfig
+    local: bool
+
+
+@contextlib.contextmanager
+def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
+    """Flags > environment > a running local server > `--local` (start one for this command)."""
+    base_url = (
+        args.base_url or os.environ.get("MMDATA_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+    )
+    model = args.model or os.environ.get("MMDATA_LLM_MODEL")
+    mode = args.mode or os.environ.get("MMDATA_LLM_MODE")
+    api_key = args.api_key or api_key_from_env()
+    common = dict(
+        api_key=api_key,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+    )
+    if base_url and not args.local:
+        if not model:
+            raise SystemExit("error: pass --model (or set MMDATA_LLM_MODEL) for " + base_url)
+        yield Endpoint(EndpointConfig(base_url, model, mode or "chat", **common), local=False)
+        return
+
+    from mmdata.llm import server
+
+    state = None if args.local else server.running_server()
+    if state is not None:
+        yield Endpoint(
+            EndpointConfig(
+                state["base_url"],
+                model or state["model"],
+                mode or "completion",
+                kind=server.ENDPOINT_KIND,
+                **common,
+            ),
+            local=True,
+        )
+        return
+    if not args.local:
+        raise SystemExit(
+            "error: no LLM endpoint configured. Pass --base-url and --model (or set "
+            "MMDATA_LLM_BASE_URL / MMDATA_LLM_MODEL), start the local server with "
+            "`make llm-server-start`, or add --local to start one for this command."
+        )
+    with server.LocalLLMServer() as srv:
+        yield Endpoint(
+            EndpointConfig(
+                srv.base_url,
+                model or srv.alias,
+                mode or "completion",
+                kind=server.ENDPOINT_KIND,
+                **common,
+            ),
+            local=True,
+        )
+
+
+def _print_validation(rep, out=sys.stdout, verbose: bool = False) -> None:
+    print(
+        f"{rep.task}: checked {rep.checked}, {rep.kept} candidates kept, "
+        f"{len(rep.rejected)} rejected"
+        + (
+            f" ({', '.join(f'{k}={v}' for k, v in rep.reason_counts().items())})"
+            if rep.rejected
+            else ""
+        ),
+        file=out,
+    )
+    if verbose:
+        for f in rep.rejected:
+            print(f"  rejected {f.id}: {f.text!r}\n    " + "; ".join(f.reasons), file=out)
+    for f in rep.invalid_accepted:
+        print(f"  INVALID accepted {f.id}: {f.text!r}: " + "; ".join(f.reasons), file=out)
+
+
+def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    sampling = Sampling(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        n_shots=args.shots,
+    )
+    cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
+    status = 0
+    with resolve_endpoint(args) as ep:
+        client = LLMClient(ep.config, cache)
+        try:
+            client.check_model()
+        except LLMError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"endpoint: {ep.config.base_url} model={ep.config.model} route={ep.config.route}")
+        for task in _tasks(args.task):
+            spec = get_task(task)
+            tf = store.load(task, args.templates_dir)
+            try:
+                rep = generate(
+                    tf,
+                    spec,
+                    client,
+                    args.n,
+                    seed=args.seed,
+                    sampling=sampling,
+                    concurrency=args.concurrency,
+                    save=store.save,
+                )
+            except KeyboardInterrupt:
+                print(
+                    f"\ninterrupted: candidates received so far are saved in {tf.path}; "
+                    "rerun the same command to resume (responses are cached)",
+                    file=sys.stderr,
+                )
+                return 130
+            except LLMError as e:
+                print(
+                    f"error: {e}\n(candidates received so far are saved in {tf.path})",
+                    file=sys.stderr,
+                )
+                return 2
+            print(rep.summary())
+            if rep.failed and not rep.responses:
+                print(
+                    f"error: every request failed, e.g. {next(iter(rep.failed.values()))}",
+                    file=sys.stderr,
+                )
+                status = 2
+            if not args.no_validate:
+                vrep = validate_file(
+                    tf,
+                    spec,
+                    embedder=None if args.no_embed else default_embedder(),
+                    threshold=args.threshold,
+                    ids=set(rep.added),
+                )
+                store.save(tf)
+                _print_validation(vrep, verbose=args.verbose_reasons)
+            print(f"wrote {tf.path}")
+    return status
+
+
+def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    embedder = None if args.no_embed else default_embedder()
+    status = 0
+    for task in _tasks(args.task):
+        spec = get_task(task)
+        tf = store.load(task, args.templates_dir)
+        rep = validate_file(tf, spec, embedder=embedder, threshold=args.threshold)
+        _print_validation(rep, verbose=args.verbose_reasons)
+        if not rep.ok:
+            status = 1
+        if args.check:
+            if rep.rejected:
+                status = 1
+        else:
+            store.save(tf)
+    return status
+
+
+def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.llm import review
+
+    spec = get_task(args.task)
+    tf = store.load(args.task, args.templates_dir)
+    embedder = None if args.no_embed else default_embedder()
+    reviewer = args.reviewer or os.environ.get("MMDATA_REVIEWER") or getpass.getuser()
+    if args.decisions:
+        data = review.load_decisions(args.decisions)
+        if data.get("task", args.task) != args.task:
+            print(f"error: {args.decisions} is for task {data.get('task')!r}", file=sys.stderr)
+            return 2
+        rep = review.apply_decisions(
+            tf,
+            spec,
+            data["decisions"],
+            reviewer=data.get("reviewer") or reviewer,
+            embedder=embedder,
+            threshold=args.threshold,
+        )
+        store.save(tf)
+    else:
+        if not sys.stdin.isatty() and not args.yes_stdin:
+            print(
+                "error: interactive review needs a terminal; pass --decisions FILE "
+                "(or --yes-stdin to read answers from standard input)",
+                file=sys.stderr,
+            )
+            return 2
+        record_path = (
+            Path(args.record)
+            if args.record
+            else review.decisions_path(args.task, args.templates_dir)
+        )
+        existing = []
+        if record_path.exists():
+            existing = review.load_decisions(record_path)["decisions"]
+        state = {"decisions": existing}
+
+        def record(d: dict) -> None:
+            state["decisions"] = review.merge_decisions(state["decisions"], d)
+            review.save_decisions(record_path, args.task, reviewer, state["decisions"])
+
+        try:
+            rep = review.interactive_review(
+                tf,
+                spec,
+                reviewer=reviewer,
+                record=record,
+                save=store.save,
+                embedder=embedder,
+                threshold=args.threshold,
+            )
+        except KeyboardInterrupt:
+            print("\ninterrupted; decisions so far are saved", file=sys.stderr)
+            return 130
+        print(f"decisions recorded in {record_path}")
+    print(rep.summary())
+    for tid, why in rep.refused.items():
+        print(f"  refused {tid}: {why}")
+    c = tf.counts()
+    print(
+        f"{args.task}: {c['accepted']} accepted, {c['candidate']} candidates, "
+        f"{c['rejected']} rejected"
+    )
+    return 1 if rep.refused and args.strict else 0
+
+
+def cmd_list(args: argparse.Namespace, beam_args: list[str]) -> int:
+    rows = []
+    for task in _tasks(args.task):
+        tf = store.load(task, args.templates_dir)
+        c = tf.counts()
+        seeds = sum(1 for t in tf.with_status("accepted") if t.source == "seed")
+        models = sorted(
+            {
+                f"{(t.provenance or {}).get('model')}/{(t.provenance or {}).get('endpoint_kind')}"
+                for t in tf.with_status("accepted")
+                if t.source == "llm"
+            }
+        )
+        rows.append((task, c["accepted"], seeds, c["candidate"], c["rejected"], ", ".join(models)))
+        if args.show:
+            for t in tf.templates:
+                if args.status and t.status != args.status:
+                    continue
+                p = t.provenance or {}
+                prov = (
+                    f" [{p.get('model')}, {p.get('endpoint_kind')}, {p.get('date')}]" if p else ""
+                )
+                print(f"{t.status:9s} {t.id}: {t.text}{prov}")
+                for r in t.reasons:
+                    print(f"            - {r}")
+    print(
+        f"{'task':16s} {'accepted':>8s} {'(seeds)':>8s} {'candidate':>9s} {'rejected':>8s}  "
+        "llm provenance"
+    )
+    for r in rows:
+        print(f"{r[0]:16s} {r[1]:8d} {r[2]:8d} {r[3]:9d} {r[4]:8d}  {r[5]}")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.llm import server
+
+    return server.main([args.action] + (["--port", str(args.port)] if args.port else []))
+
+
+def _add_common(p: argparse.ArgumentParser, multi_task: bool) -> None:
+    if multi_task:
+        p.add_argument("--task", action="append", help="task name (repeatable; default: all)")
+    p.add_argument(
+        "--templates-dir",
+        default=None,
+        help="folder of <task>.yaml files (default: the repository's templates/)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_SIMILARITY_THRESHOLD,
+        help="MiniLM cosine similarity at or above which a candidate is a near-duplicate",
+    )
+    p.add_argument(
+        "--no-embed", action="store_true", help="skip the sentence-embedding near-duplicate check"
+    )
+    p.add_argument("--verbose-reasons", action="store_true", help="print every rejection")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    top = subparsers.add_parser(
+        "templates",
+        help="LLM-written instruction templates",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="templates_command", metavar="<action>")
+    sub.required = True
+
+    g = sub.add_parser("generate", help="ask an LLM for rephrased templates (added as candidates)")
+    _add_common(g, multi_task=True)
+    g.add_argument("--n", type=int, default=100, help="requests (one rephrasing each)")
+    g.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (…/v1)")
+    g.add_argument("--model", default=None)
+    g.add_argument(
+        "--mode",
+        choices=["chat", "completion"],
+        default=None,
+        help="chat for instruction-tuned models, completion (few-shot) for base models",
+    )
+    g.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--local",
+        action="store_true",
+        help="start the bundled local llama.cpp server for this command",
+    )
+    g.add_argument("--seed", type=int, default=0, help="request i uses seed+i")
+    g.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
+    g.add_argument("--temperature", type=float, default=Sampling.temperature)
+    g.add_argument("--top-p", type=float, default=Sampling.top_p)
+    g.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
+    g.add_argument("--shots", type=int, default=Sampling.n_shots, help="examples per prompt")
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--cache-dir", default=None, help="response cache (default ~/.cache/mmdata/llm)")
+    g.add_argument("--no-cache", action="store_true")
+    g.add_argument("--no-validate", action="store_true", help="do not validate the new candidates")
+    g.set_defaults(func=cmd_generate)
+
+    v = sub.add_parser("validate", help="check templates; reject invalid and duplicate candidates")
+    _add_common(v, multi_task=True)
+    v.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if any template is invalid (for CI)",
+    )
+    v.set_defaults(func=cmd_validate)
+
+    r = sub.add_parser("review", help="accept/reject candidates (terminal, or a decisions file)")
+    _add_common(r, multi_task=False)
+    r.add_argument("--task", required=True)
+    r.add_argument("--decisions", default=None, help="apply decisions from this YAML file")
+    r.add_argument(
+        "--record",
+        default=None,
+        help="where interactive decisions go (default templates/reviews/<task>.yaml)",
+    )
+    r.add_argument("--reviewer", default=None)
+    r.add_argument("--yes-stdin", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--strict", action="store_true", help="exit 1 if any decision is refused")
+    r.set_defaults(func=cmd_review)
+
+    ls = sub.add_parser("list", help="counts per task (and the templates with --show)")
+    ls.add_argument("--task", action="append")
+    ls.add_argument("--templates-dir", default=None)
+    ls.add_argument("--show", action="store_true")
+    ls.add_argument("--status", choices=list(store.STATUSES), default=None)
+    ls.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("server", help="start/stop the bundled local LLM server")
+    s.add_argument("action", choices=["start", "stop", "status", "run"])
+    s.add_argument("--port", type=int, default=None)
+    s.set_defaults(func=cmd_server)

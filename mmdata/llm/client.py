@@ -1,0 +1,320 @@
+"""An OpenAI-compatible endpoint, called through the `openai` client, with caching and retries.
+
+Both routes are supported: `chat` (chat.completions, for instruction-tuned models) and
+`completion` (completions, for base models prompted with a few-shot list). Failures are sorted:
+
+* retried with exponential backoff and jitter: timeouts, 429 (waiting what `Retry-After` says,
+  capped), 5xx, dropped connections, malformed JSON and responses without choices;
+* fatal for the whole run, with a message that says what to fix: endpoint unreachable, model not
+  served, authentication refused.
+
+The API key is only handed to the `openai` client: it is never part of a cache key, a log line,
+an error message or a written file.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+
+from mmdata.llm.cache import ResponseCache, request_hash
+
+log = logging.getLogger(__name__)
+
+ROUTES = ("chat", "completion")
+
+
+class LLMError(RuntimeError):
+    """Base class; `fatal` errors stop a whole generation run."""
+
+    fatal = False
+
+
+class EndpointUnreachable(LLMError):
+    fatal = True
+
+
+class ModelNotFound(LLMError):
+    fatal = True
+
+
+class AuthenticationFailed(LLMError):
+    fatal = True
+
+
+class RequestFailed(LLMError):
+    """One request failed for good (retries exhausted or refused); the run goes on without it."""
+
+
+@dataclass
+class EndpointConfig:
+    """Where and how to call the LLM.
+
+    Attributes:
+        base_url: OpenAI-compatible base URL, ending in `/v1` for most servers.
+        model: model id as the endpoint names it.
+        route: `chat` or `completion`.
+        api_key: secret; excluded from repr. Local servers accept any value.
+        timeout: seconds per request.
+        max_retries: retries per request for retryable failures.
+        backoff_base, backoff_max: exponential backoff in seconds (jittered x0.5-1.5).
+        max_retry_after: cap on a server's `Retry-After` wait, in seconds.
+        kind: free label of the endpoint (e.g. `llama.cpp-local`) recorded in provenance.
+    """
+
+    base_url: str
+    model: str
+    route: str = "chat"
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 20.0
+    max_retry_after: float = 60.0
+    kind: str = "openai-compatible"
+
+    def __post_init__(self) -> None:
+        if self.route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, not {self.route!r}")
+        if not self.base_url:
+            raise ValueError("base_url is empty")
+
+
+def api_key_from_env() -> str | None:
+    return os.environ.get("MMDATA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+
+
+@dataclass
+class LLMResult:
+    text: str
+    key: str
+    cached: bool
+    finish_reason: str | None = None
+    attempts: int = 1
+
+
+def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _extract_text(route: str, resp: Any) -> tuple[str, str | None]:
+    """Text and finish reason of the first choice; ValueError when the response has none."""
+    if isinstance(resp, (str, bytes)):
+        raise ValueError("response is not JSON")
+    choices = getattr(resp, "choices", None)
+    if not choices:
+        raise ValueError("response has no choices")
+    choice = choices[0]
+    if route == "chat":
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None)
+    else:
+        text = getattr(choice, "text", None)
+    if not isinstance(text, str):
+        raise ValueError("first choice has no text")
+    return text, getattr(choice, "finish_reason", None)
+
+
+class LLMClient:
+    """Thread-safe caller of one endpoint; counts requests actually sent in `requests_sent`."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        cache: ResponseCache | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ):
+        self.config = config
+        self.cache = cache if cache is not None else ResponseCache(enabled=False)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+        self.retries: dict[str, int] = {}
+        self._client = openai.OpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "sk-no-key-required",
+            timeout=httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)),
+            max_retries=0,
+        )
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def list_models(self) -> list[str]:
+        """Model ids the endpoint serves; raises EndpointUnreachable / AuthenticationFailed."""
+        last: Exception | None = None
+        for attempt in range(3):
+            try:
+                return [m.id for m in self._client.models.list()]
+            except (openai.APIConnectionError, openai.APITimeoutError) as e:
+                last = e
+                self._sleep(self._backoff(attempt))
+            except openai.AuthenticationError:
+                raise AuthenticationFailed(
+                    f"{self.config.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY "
+                    "or OPENAI_API_KEY to a valid key"
+                ) from None
+        raise EndpointUnreachable(self._unreachable_message(last)) from None
+
+    def check_model(self) -> None:
+        """Fail early, and clearly, if the endpoint is down or does not serve the model.
+
+        Endpoints without a `/models` listing are let through (the first request will tell).
+        """
+        try:
+            models = self.list_models()
+        except LLMError:
+            raise
+        except (openai.APIStatusError, json.JSONDecodeError, openai.APIResponseValidationError):
+            log.warning(
+                "%s has no usable /models listing; not checking the model name",
+                self.config.base_url,
+            )
+            return
+        if models and self.config.model not in models:
+            raise ModelNotFound(
+                f"model {self.config.model!r} is not served at {self.config.base_url}; "
+                f"it serves: {', '.join(models)} (pass one with --model)"
+            )
+
+    def _unreachable_message(self, err: Exception | None) -> str:
+        cause = err.__cause__ if err is not None and err.__cause__ is not None else err
+        return (
+            f"cannot reach the LLM endpoint at {self.config.base_url} ({type(cause).__name__}: "
+            f"{cause}); start the local server with `make llm-server-start` or pass --base-url "
+            "(or set MMDATA_LLM_BASE_URL) to a running OpenAI-compatible endpoint"
+        )
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.config.backoff_max, self.config.backoff_base * (2**attempt))
+        with self._lock:
+            return base * self._rng.uniform(0.5, 1.5)
+
+    def _count_retry(self, why: str) -> None:
+        with self._lock:
+            self.retries[why] = self.retries.get(why, 0) + 1
+
+    def _send(self, body: dict[str, Any]) -> Any:
+        with self._lock:
+            self.requests_sent += 1
+        if self.config.route == "chat":
+            return self._client.chat.completions.create(model=self.config.model, **body)
+        return self._client.completions.create(model=self.config.model, **body)
+
+    def request(self, body: dict[str, Any]) -> LLMResult:
+        """One request (from the cache when possible). Raises RequestFailed or a fatal LLMError."""
+        cfg = self.config
+        key = request_hash(cfg.route, cfg.model, body)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return LLMResult(hit["text"], key, True, hit.get("finish_reason"), 0)
+
+        connection_failures = 0
+        last_problem = "no attempt"
+        for attempt in range(cfg.max_retries + 1):
+            delay: float | None = None
+            try:
+                resp = self._send(body)
+                text, finish = _extract_text(cfg.route, resp)
+            except openai.APITimeoutError:
+                last_problem = f"timed out after {cfg.timeout:g} s"
+                self._count_retry("timeout")
+            except openai.APIConnectionError as e:
+                connection_failures += 1
+                if connection_failures >= 3:
+                    raise EndpointUnreachable(self._unreachable_message(e)) from None
+                last_problem = "connection failed"
+                self._count_retry("connection")
+            except openai.RateLimitError as e:
+                last_problem = "rate limited (HTTP 429)"
+                self._count_retry("429")
+                ra = _retry_after_seconds(e.response.headers if e.response else None)
+                if ra is not None:
+                    with self._lock:
+                        delay = min(ra, cfg.max_retry_after) * self._rng.uniform(1.0, 1.1)
+            except openai.InternalServerError as e:
+                last_problem = f"server error (HTTP {e.status_code})"
+                self._count_retry("5xx")
+            except openai.AuthenticationError:
+                raise AuthenticationFailed(
+                    f"{cfg.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
+                    "OPENAI_API_KEY to a valid key"
+                ) from None
+            except openai.PermissionDeniedError:
+                raise AuthenticationFailed(
+                    f"{cfg.base_url} denied access to model {cfg.model!r} (HTTP 403)"
+                ) from None
+            except openai.NotFoundError as e:
+                if "model" in str(e).lower():
+                    raise ModelNotFound(
+                        f"model {cfg.model!r} is not served at {cfg.base_url} (HTTP 404: "
+                        f"{_short(e)}); pass a served model id with --model"
+                    ) from None
+                route_path = "chat/completions" if cfg.route == "chat" else "completions"
+                raise LLMError(
+                    f"{cfg.base_url}/{route_path} does not exist (HTTP 404); check that --base-url "
+                    "ends with /v1 and that the endpoint supports the "
+                    f"{cfg.route!r} route (--mode)"
+                ) from None
+            except openai.APIStatusError as e:
+                # Other 4xx: this request is refused as it is; retrying will not help.
+                raise RequestFailed(f"HTTP {e.status_code}: {_short(e)}") from None
+            except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
+                last_problem = f"bad response ({_short(e)})"
+                self._count_retry("bad_response")
+            else:
+                entry = {
+                    "route": cfg.route,
+                    "model": cfg.model,
+                    "body": body,
+                    "text": text,
+                    "finish_reason": finish,
+                }
+                self.cache.put(key, entry)
+                return LLMResult(text, key, False, finish, attempt + 1)
+            if attempt < cfg.max_retries:
+                wait = delay if delay is not None else self._backoff(attempt)
+                log.debug(
+                    "request %s: %s; retry %d in %.2f s", key[:8], last_problem, attempt + 1, wait
+                )
+                self._sleep(wait)
+        raise RequestFailed(f"{last_problem}; gave up after {cfg.max_retries + 1} attempts")
+
+
+def _short(err: BaseException, limit: int = 200) -> str:
+    msg = " ".join(str(err).split())
+    return msg if len(msg) <= limit else msg[: limit - 3] + "..."

@@ -1,0 +1,190 @@
+"""Grow a task's templates: ask the LLM for rephrasings of the accepted ones, add them as candidates.
+
+Request `i` of a run uses seed `seed + i` (prompt examples and sampling), so a run is a fixed list of
+requests: with the response cache a rerun sends nothing and adds the same candidates. Requests run
+concurrently (a bounded thread pool); candidates are saved to the template file every few
+responses and when the run stops for any reason (done, fatal error, Ctrl-C), so nothing received
+is lost. Every new entry has status `candidate` and provenance; it is used only once reviewed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from mmdata.core.tasks import TaskSpec
+from mmdata.llm.client import LLMClient, LLMError, LLMResult, RequestFailed
+from mmdata.llm.prompts import Sampling, parse_reply, prompt_hash, request_body
+from mmdata.llm.store import TemplateEntry, TemplateFile, template_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 4
+SAVE_EVERY = 10
+
+
+@dataclass
+class GenerationReport:
+    task: str
+    route: str
+    requested: int
+    responses: int = 0
+    cached: int = 0
+    sent: int = 0
+    added: list[str] = field(default_factory=list)
+    already_present: int = 0
+    empty: int = 0
+    failed: dict[int, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    retries: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [
+            f"{self.task} [{self.route}]: {self.responses}/{self.requested} responses "
+            f"({self.cached} cached, {self.sent} requests sent) in {self.elapsed_s:.1f} s",
+            f"{len(self.added)} new candidates",
+        ]
+        if self.already_present:
+            parts.append(f"{self.already_present} already in the file")
+        if self.empty:
+            parts.append(f"{self.empty} empty replies")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed requests")
+        if self.retries:
+            parts.append("retries: " + ", ".join(f"{k}={v}" for k, v in self.retries.items()))
+        if self.interrupted:
+            parts.append("INTERRUPTED (rerun the same command to resume from the cache)")
+        return "; ".join(parts)
+
+
+def _examples(tf: TemplateFile) -> list[str]:
+    examples = [t.text for t in tf.with_status("accepted")]
+    if not examples:
+        raise ValueError(
+            f"{tf.path}: no accepted templates to start from; write a few seed templates first"
+        )
+    return examples
+
+
+def generate(
+    tf: TemplateFile,
+    spec: TaskSpec,
+    client: LLMClient,
+    n: int,
+    *,
+    seed: int = 0,
+    sampling: Sampling | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    save: Callable[[TemplateFile], object] | None = None,
+    save_every: int = SAVE_EVERY,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerationReport:
+    """Send `n` requests for rephrasings and add the new ones to `tf` as candidates.
+
+    Raises the first fatal LLMError (unreachable endpoint, unknown model, refused key) and
+    KeyboardInterrupt, after saving what was received. A request that fails for good is counted
+    in `report.failed` and the run goes on.
+    """
+    sampling = sampling or Sampling()
+    route = client.config.route
+    examples = _examples(tf)
+    base = list(tf.templates)
+    existing = {t.id for t in base}
+    report = GenerationReport(task=spec.name, route=route, requested=n)
+    new_entries: dict[int, TemplateEntry] = {}
+    new_ids: set[str] = set()
+    sent_before = client.requests_sent
+    start = time.monotonic()
+
+    def body_for(i: int) -> dict:
+        return request_body(route, spec, examples, sampling, seed + i)
+
+    def job(i: int) -> tuple[int, dict, LLMResult | RequestFailed]:
+        body = body_for(i)
+        try:
+            return i, body, client.request(body)
+        except RequestFailed as e:
+            return i, body, e
+
+    def flush() -> None:
+        tf.templates = base + [new_entries[i] for i in sorted(new_entries)]
+        if save is not None:
+            save(tf)
+
+    def take(i: int, body: dict, res: LLMResult) -> None:
+        report.responses += 1
+        report.cached += int(res.cached)
+        text = parse_reply(route, res.text)
+        if not text:
+            report.empty += 1
+            return
+        tid = template_id(spec.name, text)
+        if tid in existing:
+            report.already_present += 1
+            return
+        if tid in new_ids:
+            return
+        new_ids.add(tid)
+        new_entries[i] = TemplateEntry(
+            id=tid,
+            text=text,
+            status="candidate",
+            source="llm",
+            provenance={
+                "model": client.config.model,
+                "endpoint_kind": route,
+                "endpoint": client.config.kind,
+                "prompt_sha256": prompt_hash(body),
+                "request_sha256": res.key,
+                "sampling": {
+                    "temperature": sampling.temperature,
+                    "top_p": sampling.top_p,
+                    "max_tokens": sampling.max_tokens,
+                    "seed": body["seed"],
+                    "n_shots": sampling.n_shots,
+                    **({"stop": body["stop"]} if "stop" in body else {}),
+                },
+                "date": dt.date.today().isoformat(),
+            },
+        )
+        report.added.append(tid)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llm")
+    pending: set[Future] = set()
+    since_save = 0
+    try:
+        pending = {pool.submit(job, i) for i in range(n)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, body, res = fut.result()
+                if isinstance(res, RequestFailed):
+                    report.failed[i] = str(res)
+                    log.warning("request %d failed: %s", i, res)
+                else:
+                    take(i, body, res)
+                since_save += 1
+                if progress is not None:
+                    progress(report.responses + len(report.failed), n)
+            if since_save >= save_every:
+                flush()
+                since_save = 0
+    except KeyboardInterrupt:
+        report.interrupted = True
+        raise
+    except LLMError:
+        raise
+    finally:
+        for fut in pending:
+            fut.cancel()
+        pool.shutdown(wait=not report.interrupted, cancel_futures=True)
+        flush()
+        report.elapsed_s = time.monotonic() - start
+        report.sent = client.requests_sent - sent_before
+        report.retries = dict(client.retries)
+    return report

@@ -1,0 +1,138 @@
+"""Prompts that ask an LLM for one rephrasing of a task's instruction, and parsing of the answer.
+
+* completion route (base models): a numbered few-shot list of existing templates, ending with the
+  next number; one rephrasing per call, generation stopped at the newline.
+* chat route (instruction-tuned models): the examples and the rules in one user message; the reply
+  is the first line that is not a preamble.
+
+Examples are drawn from the task's accepted templates in an order fixed by the request's seed, so
+each request differs and the same seed gives the same prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import asdict, dataclass
+
+from mmdata.core.tasks import TaskSpec
+
+PROMPT_VERSION = 1
+SYSTEM_PROMPT = "You write short instructions for an image-generation model."
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_tokens: int = 64
+    n_shots: int = 6
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def required_tokens(spec: TaskSpec) -> list[str]:
+    return list(spec.markers) + [f"{{{p}}}" for p in spec.placeholders]
+
+
+def _token_phrase(spec: TaskSpec) -> str:
+    tokens = required_tokens(spec)
+    if not tokens:
+        return ""
+    if len(tokens) == 1:
+        return tokens[0]
+    return ", ".join(tokens[:-1]) + " and " + tokens[-1]
+
+
+def pick_examples(examples: list[str], k: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pool = list(examples)
+    rng.shuffle(pool)
+    return pool[: max(1, k)]
+
+
+def completion_prompt(spec: TaskSpec, examples: list[str]) -> str:
+    header = (
+        f"Below is a numbered list of instructions for an image generator. Every instruction asks "
+        f"it to {spec.description}"
+    )
+    tokens = _token_phrase(spec)
+    if tokens:
+        header += f", and every instruction contains {tokens} exactly once"
+    lines = [header + ".", ""]
+    lines += [f"{i + 1}. {ex}" for i, ex in enumerate(examples)]
+    lines.append(f"{len(examples) + 1}.")
+    return "\n".join(lines)
+
+
+def chat_messages(spec: TaskSpec, examples: list[str]) -> list[dict[str, str]]:
+    tokens = _token_phrase(spec)
+    rules = [
+        f"Write one new instruction that asks the image generator to {spec.description}, "
+        "with the same meaning as the examples but different wording."
+    ]
+    if tokens:
+        rules.append(f"Copy {tokens} exactly as written, each exactly once.")
+    rules.append("Add nothing else in square brackets or curly braces.")
+    rules.append("Reply with the instruction only, on one line.")
+    user = "Examples:\n" + "\n".join(f"- {ex}" for ex in examples) + "\n\n" + " ".join(rules)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def request_body(
+    route: str, spec: TaskSpec, examples: list[str], sampling: Sampling, seed: int
+) -> dict:
+    """The JSON body (without `model`) of one request."""
+    shots = pick_examples(examples, sampling.n_shots, seed)
+    body: dict = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": seed,
+    }
+    if route == "completion":
+        body["prompt"] = completion_prompt(spec, shots)
+        body["stop"] = ["\n"]
+    else:
+        body["messages"] = chat_messages(spec, shots)
+    return body
+
+
+def prompt_hash(body: dict) -> str:
+    """sha256 of the prompt text (or the messages) alone, sampling excluded."""
+    if "prompt" in body:
+        payload = body["prompt"]
+    else:
+        payload = "\n".join(f"{m['role']}: {m['content']}" for m in body["messages"])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+_LIST_PREFIX = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*\u2022>])\s*")
+_PREAMBLE = re.compile(r"^(?:sure|here|okay|ok|certainly|of course)\b", re.IGNORECASE)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019*"
+
+
+def _clean(line: str) -> str:
+    line = _LIST_PREFIX.sub("", line.strip())
+    line = line.strip()
+    for _ in range(2):
+        if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
+            line = line[1:-1].strip()
+    return line
+
+
+def parse_reply(route: str, text: str) -> str:
+    """The rephrasing in a model's reply (may be empty). Nothing is fixed up but framing:
+    list numbers, surrounding quotes and, for chat, a leading preamble line."""
+    if route == "completion":
+        return _clean(text.split("\n", 1)[0])
+    for line in text.splitlines():
+        cleaned = _clean(line)
+        if not cleaned:
+            continue
+        if cleaned.endswith(":") or (_PREAMBLE.match(cleaned) and ":" in cleaned):
+            continue
+        return cleaned
+    return ""

@@ -1,0 +1,194 @@
+"""Validation rules, de-duplication, the template store and review decisions (no LLM needed)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from mmdata.core.tasks import TASKS, get_task
+from mmdata.core.templates import load_templates
+from mmdata.llm import review, store
+from mmdata.llm.store import TemplateEntry, template_id
+from mmdata.llm.validate import Embedder, check_template, normalise, validate_file
+
+EDGE = get_task("edge2img")
+SUBJ = get_task("subject2img")
+STYLE_T = get_task("style_transfer")
+
+
+@pytest.mark.parametrize(
+    "spec,text",
+    [
+        (EDGE, "Generate an image of {caption} that follows the edges in [ref#1]."),
+        (SUBJ, "Show the {subject} of [ref#1], [ref#2] and [ref#3] in {caption}."),
+        (STYLE_T, "Paint [ref#1] again, borrowing the look of [ref#2]."),
+        (get_task("txt2img"), "Draw {caption}."),
+    ],
+)
+def test_valid_templates_pass(spec, text):
+    assert check_template(text, spec) == []
+
+
+@pytest.mark.parametrize(
+    "spec,text,reason",
+    [
+        (EDGE, "Generate an image of {caption}.", "missing_marker: [ref#1]"),
+        (EDGE, "Use [ref#1] and [ref#1] for {caption}.", "repeated_marker: [ref#1] x2"),
+        (EDGE, "Use [ref#1] and [ref#2] for {caption}.", "unknown_marker: [ref#2]"),
+        (EDGE, "Follow the edges of ref#1 to draw {caption}.", "malformed_marker"),
+        (EDGE, "Follow the edges of [ref 1] to draw {caption}.", "malformed_marker"),
+        (EDGE, "Follow the edges in [ref#1] closely.", "missing_placeholder: {caption}"),
+        (EDGE, "Draw {caption} and {caption} from [ref#1].", "repeated_placeholder"),
+        (EDGE, "Draw {caption} like {style} from [ref#1].", "unknown_placeholder: {style}"),
+        (STYLE_T, "Redraw [ref#1] as {caption} in the style of [ref#2].", "unknown_placeholder"),
+        (EDGE, "Draw {caption} from [ref#1] {", "leftover_brace"),
+        (EDGE, "Draw {caption} from [ref#1] [edge].", "leftover_bracket"),
+        (EDGE, "[ref#1]{caption}", "too_few_words"),
+        (get_task("txt2img"), "A {caption}", "too_short"),
+        (EDGE, "Draw {caption} from [ref#1]. " + "Very nice. " * 30, "too_long"),
+        (EDGE, "Draw {caption}\nfrom [ref#1].", "multiline"),
+        (EDGE, "Rephrasing: draw {caption} from [ref#1].", "role_word"),
+        (EDGE, "model: draw {caption} from [ref#1].", "role_word"),
+        (EDGE, "Draw {caption} from [ref#1]<end_of_turn>", "chat_token"),
+        (EDGE, "Keep the markers: draw {caption} from [ref#1].", "role_word"),
+        (EDGE, "7. Draw {caption} from [ref#1].", "list_prefix"),
+        (EDGE, "", "empty"),
+    ],
+)
+def test_invalid_templates_give_reasons(spec, text, reason):
+    reasons = check_template(text, spec)
+    assert any(r.startswith(reason) for r in reasons), reasons
+
+
+def test_normalise():
+    assert normalise("Draw {caption}, from [ref#1]!") == normalise("draw  {caption} from [ref#1]")
+    assert normalise("Draw [ref#1]") != normalise("Draw [ref#2]")
+
+
+def test_shipped_templates_are_valid_and_loadable():
+    for task, spec in TASKS.items():
+        tf = store.load(task)
+        for t in tf.with_status("accepted"):
+            assert check_template(t.text, spec) == [], (task, t.id, t.text)
+        assert len(load_templates(task)) >= 3  # the lead's loader agrees
+
+
+def _tf_with(tmp: Path, texts: list[str], task: str = "edge2img") -> store.TemplateFile:
+    tf = store.load(task, tmp)
+    for t in texts:
+        tf.add(TemplateEntry(id=template_id(task, t), text=t))
+    return tf
+
+
+def test_dedup_normalised_and_embedding(templates_copy, embedder):
+    seed = store.load("edge2img", templates_copy).with_status("accepted")[0].text
+    texts = [
+        seed.replace("Generate", "generate").rstrip(".") + " !",  # same normalised text as a seed
+        "Create a picture of {caption} whose outlines follow the edge map [ref#1].",
+        "Create a picture of {caption} whose outlines follow the edge map [ref#1] exactly.",
+        "Paint {caption} as a watercolour, guided by the line drawing [ref#1].",
+        "Draw {caption} from [ref#2].",  # invalid: never reaches de-duplication
+    ]
+    tf = _tf_with(templates_copy, texts)
+    rep = validate_file(tf, EDGE, embedder=embedder, threshold=0.95)
+    status = {t.text: t for t in tf.templates}
+    assert status[texts[0]].status == "rejected"
+    assert status[texts[0]].reasons[0].startswith("duplicate_of: edge2img-seed-001")
+    assert status[texts[1]].status == "candidate"
+    assert status[texts[2]].status == "rejected"
+    assert (
+        status[texts[2]]
+        .reasons[0]
+        .startswith("near_duplicate_of: " + template_id("edge2img", texts[1]))
+    )
+    assert status[texts[3]].status == "candidate"
+    assert status[texts[4]].reasons == ["missing_marker: [ref#1]", "unknown_marker: [ref#2]"]
+    assert rep.kept == 2 and len(rep.rejected) == 3 and rep.ok
+    assert rep.reason_counts()["duplicate_of"] == 1
+
+
+def test_store_roundtrip_keeps_header_and_seeds(tmp_path):
+    src = Path(store.DEFAULT_TEMPLATES_DIR) / "txt2img.yaml"
+    (tmp_path / "txt2img.yaml").write_text(src.read_text())
+    tf = store.load("txt2img", tmp_path)
+    store.save(tf)
+    assert (tmp_path / "txt2img.yaml").read_text() == src.read_text()
+    tf.add(TemplateEntry(id="x-1", text="{caption}, drawn", provenance={"model": "m"}))
+    store.save(tf)
+    again = store.load("txt2img", tmp_path)
+    assert again.header == tf.header and again.by_id()["x-1"].provenance == {"model": "m"}
+    assert again.by_id()["x-1"].text == "{caption}, drawn"
+
+
+def test_review_decisions_file(templates_copy):
+    good = "Sketch {caption} on top of the edge map [ref#1]."
+    dropped = "Sketch {caption} nicely."  # dropped the marker
+    meaning = "Ignore [ref#1] and draw {caption} freely."
+    tf = _tf_with(templates_copy, [good, dropped, meaning])
+    ids = [template_id("edge2img", t) for t in (good, dropped, meaning)]
+    decisions = [
+        {"id": ids[0], "decision": "accept", "text": good},
+        {"id": ids[1], "decision": "accept", "text": dropped},
+        {"id": ids[2], "decision": "reject", "text": meaning, "note": "changes the meaning"},
+        {"id": "edge2img-llm-nope", "decision": "accept"},
+        {"id": ids[0], "decision": "accept", "text": "other text"},
+    ]
+    rep = review.apply_decisions(tf, EDGE, decisions, reviewer="tester")
+    by = tf.by_id()
+    assert by[ids[0]].status == "accepted" and by[ids[0]].provenance["review"]["by"] == "tester"
+    assert by[ids[1]].status == "rejected"  # never accepted: it fails validation
+    assert "missing_marker" in rep.refused[ids[1]]
+    assert by[ids[2]].status == "rejected" and by[ids[2]].reasons == [
+        "reviewer: changes the meaning"
+    ]
+    assert "edge2img-llm-nope" in rep.refused
+    assert rep.accepted == [ids[0]] and rep.rejected == [ids[2]]
+    store.save(tf)
+    assert [t.id for t in load_templates("edge2img", templates_copy)][-1] == ids[0]
+
+
+def test_interactive_review_records_decisions(templates_copy, tmp_path):
+    a = "Trace the lines of [ref#1] to make {caption}."
+    b = "Make {caption} but do whatever with [ref#1]."
+    c = "Let [ref#1] guide the shapes when you draw {caption}."
+    tf = _tf_with(templates_copy, [a, b, c])
+    recorded: list[dict] = []
+    saves = []
+    out = io.StringIO()
+    rep = review.interactive_review(
+        tf,
+        EDGE,
+        reviewer="me",
+        record=recorded.append,
+        save=lambda f: saves.append(1),
+        stdin=io.StringIO("a\nhuh\nr loses the meaning\nq\n"),
+        stdout=out,
+    )
+    by = tf.by_id()
+    assert by[template_id("edge2img", a)].status == "accepted"
+    assert by[template_id("edge2img", b)].status == "rejected"
+    assert by[template_id("edge2img", c)].status == "candidate"  # quit before it
+    assert [d["decision"] for d in recorded] == ["accept", "reject"]
+    assert recorded[1]["note"] == "loses the meaning"
+    assert len(saves) == 3 and rep.accepted and rep.rejected
+    path = tmp_path / "d.yaml"
+    review.save_decisions(path, "edge2img", "me", recorded)
+    assert review.load_decisions(path)["decisions"] == recorded
+
+
+@pytest.mark.slow
+def test_numpy_minilm_matches_sentence_transformers(embedder):
+    """The fast numpy forward pass gives the sentence-transformers vectors (same weights)."""
+    import numpy as np
+
+    texts = [
+        "Generate an image of {caption} that follows the edges in [ref#1].",
+        "Redraw [ref#1] in the style of [ref#2].",
+        "a much longer sentence about a cat on a mat, drawn in watercolour with many words " * 3,
+    ]
+    fast = embedder.encode(texts)
+    ref = Embedder(backend="sentence-transformers").encode(texts)
+    assert fast.shape == (3, 384)
+    assert np.abs(fast - ref).max() < 1e-4
