@@ -16,6 +16,7 @@ import sys
 SUBCOMMAND_MODULES: list[str] = [
     "pipelines.cli",
     "mmdata.weights_cli",
+    "mmdata.corpus.cli",
 ]
 
 

