@@ -1,0 +1,164 @@
+"""`mmdata train`, `mmdata sample`, `mmdata evaluate`: thin over mmdata.train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the Instruct-Imagen-style model on instruction shards",
+        description="Train stage 1 (retrieval shards) or stage 2 (instruction mixture, --init-from a "
+        "stage-1 checkpoint). Multi-GPU: `accelerate launch -m mmdata.cli train ...`.",
+    )
+    p.add_argument("--config", help="TrainConfig as .json or .yaml (default: built-in defaults)")
+    p.add_argument(
+        "--shards", nargs="+", help="dataset roots, .tar files, brace patterns or pipe: URLs"
+    )
+    p.add_argument("--output", help="output directory (checkpoints, log.jsonl)")
+    p.add_argument("--stage", type=int, choices=(1, 2))
+    p.add_argument(
+        "--init-from", help="checkpoint directory to start from (e.g. stage 1 for stage 2)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the latest checkpoint in --output"
+    )
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--mixture", help="task ratios overriding the manifest, JSON: '{\"txt2img\": 0.5}'"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set model.base_channels=64 (repeatable)",
+    )
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("sample", help="generate images from a multi-modal instruction JSON")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory (or a run's output dir)"
+    )
+    p.add_argument(
+        "--instruction", required=True, help="instruction JSON (see mmdata.train.generate)"
+    )
+    p.add_argument("--output", required=True, help="folder for the PNGs")
+    _sampling_args(p)
+    p.add_argument("--num-images", type=int, help="override num_images of every instruction")
+    p.set_defaults(func=run_sample)
+
+    p = subparsers.add_parser(
+        "evaluate", help="score a checkpoint on held-out shards (JSON + grid)"
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--shards", nargs="+", required=True, help="held-out dataset roots or shard URLs"
+    )
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--tasks", nargs="*", default=[], help="only these tasks (default: all)")
+    _sampling_args(p)
+    p.set_defaults(func=run_evaluate)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--text-scale", type=float, default=3.0, help="text guidance scale")
+    p.add_argument("--context-scale", type=float, default=1.5, help="context guidance scale")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _checkpoint(path: str) -> Path:
+    """Accept a checkpoint directory or a run directory (then its latest checkpoint)."""
+    from mmdata.train.checkpoint import latest_checkpoint
+
+    p = Path(path)
+    if (p / "config.json").exists() and (p / "ema.safetensors").exists():
+        return p
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise SystemExit(f"no checkpoint in {path}")
+    return latest
+
+
+def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.train.config import TrainConfig, apply_overrides
+    from mmdata.train.loop import train
+
+    data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    flags = {
+        "data.shards": args.shards,
+        "output_dir": args.output,
+        "stage": args.stage,
+        "init_from": args.init_from,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "data.mixture": json.loads(args.mixture) if args.mixture else None,
+        "resume": True if args.resume else None,
+    }
+    apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
+    apply_overrides(data, args.set)
+    cfg = TrainConfig.from_dict(data)
+    if not cfg.data.shards:
+        raise SystemExit("no shards: pass --shards or set data.shards in the config")
+    result = train(cfg)
+    log.info("finished at step %d; checkpoint %s", result.step, result.checkpoint)
+    return 0
+
+
+def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.train.checkpoint import load_model
+    from mmdata.train.evaluate import pick_device
+    from mmdata.train.generate import generate, read_instructions
+    from mmdata.train.text import TextEncoder
+
+    device = pick_device(args.device)
+    model, cfg = load_model(_checkpoint(args.checkpoint), args.weights)
+    model.to(device)
+    encoder = TextEncoder(cfg.text, device)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, ins in enumerate(read_instructions(args.instruction)):
+        if args.num_images:
+            ins.num_images = args.num_images
+        ins.seed = ins.seed + args.seed
+        images = generate(
+            model, cfg, encoder, ins, device, args.steps, args.text_scale, args.context_scale
+        )
+        for j, img in enumerate(images):
+            img.save(out / f"{i:04d}_{j:02d}.png")
+        log.info("instruction %d: %d image(s) -> %s", i, len(images), out)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.train.evaluate import EvalConfig, evaluate
+
+    ec = EvalConfig(
+        checkpoint=str(_checkpoint(args.checkpoint)),
+        shards=args.shards,
+        output=args.output,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        text_scale=args.text_scale,
+        context_scale=args.context_scale,
+        weights=args.weights,
+        seed=args.seed,
+        device=args.device,
+        tasks=args.tasks,
+    )
+    figures = evaluate(ec)
+    print(json.dumps({k: figures[k] for k in ("num_samples", "fid", "per_task")}, indent=2))
+    return 0

