@@ -16,6 +16,7 @@ give the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -235,7 +236,7 @@ def plan_icons(iconset: IconSet, names: Sequence[str], size: int) -> list[Render
 # Rendering and writing
 
 
-def _render_job(job: RenderJob) -> tuple[str, bytes | None, str | None]:
+def _render_job(job: RenderJob, optimize: bool = False) -> tuple[str, bytes | None, str | None]:
     """Worker: (relpath, png bytes or None, skip reason or None)."""
     try:
         image = render_icon(job.icon, job.size, color=ICON_COLOR)
@@ -244,7 +245,7 @@ def _render_job(job: RenderJob) -> tuple[str, bytes | None, str | None]:
     except ValueError as e:
         log.warning("render failed for %s: %s", job.relpath, e)
         return job.relpath, None, "render_error"
-    return job.relpath, encode_png(image), None
+    return job.relpath, encode_png(image, optimize=optimize), None
 
 
 def write_item(out: Path, relpath: str, png: bytes, meta: dict[str, Any]) -> None:
@@ -259,17 +260,20 @@ def write_item(out: Path, relpath: str, png: bytes, meta: dict[str, Any]) -> Non
     )
 
 
-def run_jobs(jobs: Sequence[RenderJob], out: Path, workers: int = 1) -> BuildReport:
+def run_jobs(
+    jobs: Sequence[RenderJob], out: Path, workers: int = 1, optimize_png: bool = False
+) -> BuildReport:
     """Render and write ``jobs``; output order and bytes do not depend on ``workers``."""
     report = BuildReport()
     meta_by_path = {j.relpath: j.meta for j in jobs}
+    render = functools.partial(_render_job, optimize=optimize_png)
     if workers > 1 and len(jobs) > workers:
         chunk = max(1, min(RENDER_CHUNK, len(jobs) // (4 * workers)))
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results: Iterable = pool.map(_render_job, jobs, chunksize=chunk)
+            results: Iterable = pool.map(render, jobs, chunksize=chunk)
             _write_results(results, meta_by_path, out, report)
     else:
-        _write_results(map(_render_job, jobs), meta_by_path, out, report)
+        _write_results(map(render, jobs), meta_by_path, out, report)
     return report
 
 
@@ -312,6 +316,7 @@ def build_emoji(
     subjects: Sequence[str] | None = None,
     licenses: Sequence[str] = DEFAULT_LICENSES,
     workers: int = 1,
+    optimize_png: bool = False,
 ) -> BuildReport:
     """Render the same emoji subjects in several emoji sets (styles)."""
     loaded = [load_set(sources, p) for p in sets]
@@ -327,7 +332,7 @@ def build_emoji(
         subjects=subjects,
     )
     log.info("emoji: %d renders of %d subjects", len(jobs), len({j.meta["name"] for j in jobs}))
-    return run_jobs(jobs, out, workers)
+    return run_jobs(jobs, out, workers, optimize_png)
 
 
 def build_icons(
@@ -341,6 +346,7 @@ def build_icons(
     skip_numbered: bool = False,
     licenses: Sequence[str] = DEFAULT_LICENSES,
     workers: int = 1,
+    optimize_png: bool = False,
 ) -> BuildReport:
     """Render named icons; ``sets=None`` means every set under ``sources`` with an allowed licence.
 
@@ -363,7 +369,7 @@ def build_icons(
     chosen = choose_icons(names_by_set, limit, per_set_limit, seed, skip_numbered)
     for prefix in sorted(chosen):
         jobs = plan_icons(load_set(sources, prefix), chosen[prefix], size)
-        report.merge(run_jobs(jobs, out, workers))
+        report.merge(run_jobs(jobs, out, workers, optimize_png))
         log.info("icons: %s done (%d so far)", prefix, report.written)
     return report
 

@@ -58,8 +58,9 @@ def with_article(phrase: str) -> str:
 def subject_phrase(name: str) -> str:
     """The words for a subject name; flags read "flag of <country>"."""
     phrase = phrase_from_name(name)
-    if phrase.startswith("flag ") and not phrase.startswith("flag in "):
-        return "flag of " + phrase[len("flag ") :]
+    for prefix in ("flag for ", "flag of ", "flag "):
+        if phrase.startswith(prefix) and not phrase.startswith("flag in "):
+            return "flag of " + phrase[len(prefix) :]
     return phrase
 
 

@@ -45,6 +45,11 @@ def _add_render(p: argparse.ArgumentParser, size: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (%(default)s)")
     p.add_argument("--workers", type=int, default=1, help="render processes (%(default)s)")
     p.add_argument(
+        "--optimize-png",
+        action="store_true",
+        help="smallest PNGs (zlib level 9): ~10%% fewer bytes, ~7x slower encoding",
+    )
+    p.add_argument(
         "--license",
         dest="licenses",
         type=_csv,
@@ -85,6 +90,7 @@ def _run_emoji(args: argparse.Namespace, beam_args: list[str]) -> int:
         exclude_categories=args.exclude_categories,
         licenses=_licenses(args),
         workers=args.workers,
+        optimize_png=args.optimize_png,
     )
     return _done(report, args.out)
 
@@ -101,6 +107,7 @@ def _run_icons(args: argparse.Namespace, beam_args: list[str]) -> int:
         skip_numbered=args.skip_numbered,
         licenses=_licenses(args),
         workers=args.workers,
+        optimize_png=args.optimize_png,
     )
     return _done(report, args.out)
 

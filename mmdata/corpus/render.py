@@ -48,8 +48,15 @@ def resize_long_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(new_size, Image.Resampling.LANCZOS)
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes with no metadata chunks: the same pixels always give the same bytes."""
+def encode_png(image: Image.Image, optimize: bool = True) -> bytes:
+    """PNG bytes with no metadata chunks: the same pixels always give the same bytes.
+
+    ``optimize`` (zlib level 9) saves ~5-15 % of bytes but encodes ~7x slower than the default
+    level 6: worth it for committed files, not for scale runs.
+    """
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    if optimize:
+        image.save(buf, format="PNG", optimize=True)
+    else:
+        image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

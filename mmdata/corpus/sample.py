@@ -70,6 +70,7 @@ def build_sample(sources: Path, out: Path, recipe: SampleRecipe = SampleRecipe()
         min_styles=len(recipe.emoji_sets),
         seed=recipe.seed,
         exclude_categories=recipe.emoji_exclude_categories,
+        optimize_png=True,
     )
     report.merge(
         build_icons(
@@ -80,6 +81,7 @@ def build_sample(sources: Path, out: Path, recipe: SampleRecipe = SampleRecipe()
             per_set_limit=recipe.icons_per_set,
             seed=recipe.seed,
             skip_numbered=True,
+            optimize_png=True,
         )
     )
     report.merge(build_photos(out, max_side=recipe.photo_max_side))

@@ -219,6 +219,8 @@ def test_lookup_exact_alias_and_loose() -> None:
         ("beans", "emoji", "beans emoji"),
         ("bus", "emoji", "a bus emoji"),
         ("flag-chile", "emoji", "a flag of chile emoji"),
+        ("flag-for-uganda", "emoji", "a flag of uganda emoji"),
+        ("flag-in-hole", "emoji", "a flag in hole emoji"),
         ("magnifying-glass", "icon", "a magnifying glass icon"),
     ],
 )
@@ -346,6 +348,13 @@ def test_build_icons_limits_numbering_and_empty_renders(npm_sources: Path, tmp_p
     assert report.skipped == Counter(
         {"empty_render": 1}
     )  # "blank" draws nothing: counted, not written
+    small = tmp_path / "icons-optimized"
+    build.build_icons(
+        npm_sources, small, ["tools"], size=SIZE, skip_numbered=True, optimize_png=True
+    )
+    for name in names:  # the same pixels, whatever the zlib level
+        a, b = (Image.open(d / f"icons/tools/{name}.png") for d in (out, small))
+        assert np.array_equal(np.asarray(a), np.asarray(b))
     meta = json.loads((out / "icons/tools/saw.json").read_text())
     assert (
         meta["subject"] == "icon:saw"
