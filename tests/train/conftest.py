@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from trainfix import write_dataset  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _deterministic_single_thread():
     """One intra-op thread (2 threads on 2 busy shared cores are ~10x slower) and deterministic ops."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()

@@ -1,0 +1,140 @@
+"""The training function: loss goes down, checkpoints round-trip, resume is exact, stage 2 and LoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainfix import tiny_config
+
+from mmdata.train import checkpoint as ckpt
+from mmdata.train.config import DataConfig, LoraConfig, TrainConfig
+from mmdata.train.loop import encode_conditioning, train
+from mmdata.train.text import TextEncoder
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory, stage1_dir: Path, text_encoder: TextEncoder):
+    out = tmp_path_factory.mktemp("run1")
+    cfg = tiny_config(out, stage1_dir, max_steps=30, checkpoint_every=15)
+    return cfg, train(cfg, text_encoder)
+
+
+def test_loss_goes_down_and_logs(stage1_run) -> None:
+    cfg, result = stage1_run
+    assert result.step == 30 and len(result.losses) == 30
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    out = Path(cfg.output_dir)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20, 25, 30]
+    assert all(r["samples_per_s"] > 0 and r["tasks"] == {"retrieval": 40} for r in log)
+    assert log[-1]["corrupt"] == 0 and log[-1]["samples_seen"] == 240
+    assert TrainConfig.from_file(out / "config.json") == cfg
+    # keep_checkpoints=2: steps 15 and 30 are kept, `latest` points at 30
+    assert ckpt.latest_checkpoint(out).name == "step_00000030"
+    assert 0 < result.context_share["share_of_total"] < 0.2
+
+
+def test_save_load_round_trip_gives_identical_outputs(stage1_run, text_encoder, stage1_dir) -> None:
+    cfg, result = stage1_run
+    path = result.checkpoint
+    assert {p.name for p in path.iterdir()} == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.pt",
+        "state.json",
+        "config.json",
+    }
+    model, loaded_cfg = ckpt.load_model(path, "model")
+    again, _ = ckpt.load_model(path, "model")
+    ema, _ = ckpt.load_model(path, "ema")
+    assert loaded_cfg == cfg
+    from mmdata.train.data import build_loader
+
+    batch = next(iter(build_loader(DataConfig(shards=[str(stage1_dir)], num_workers=0), 4, 16, 0)))
+    cond = encode_conditioning(batch, text_encoder, "cpu")
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([1, 200, 500, 999])
+    with torch.no_grad():
+        a, b, e = model(x, t, cond), again(x, t, cond), ema(x, t, cond)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, e)  # EMA weights are a different (averaged) set
+    weights = load_file(str(path / "model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_resume_continues_the_same_step_optimizer_and_data(
+    tmp_path: Path, stage2_dir: Path, text_encoder: TextEncoder
+) -> None:
+    data = DataConfig(shards=[str(stage2_dir)], num_workers=2, shuffle_buffer=8)
+    straight = train(tiny_config(tmp_path / "a", stage2_dir, max_steps=10, data=data), text_encoder)
+
+    half = tiny_config(tmp_path / "b", stage2_dir, max_steps=5, data=data, checkpoint_every=5)
+    train(half, text_encoder)
+    state = json.loads((ckpt.latest_checkpoint(tmp_path / "b") / "state.json").read_text())
+    assert state["step"] == 5 and state["data"][0]["batches"] == 5
+    resumed_cfg = tiny_config(tmp_path / "b", stage2_dir, max_steps=10, data=data, resume=True)
+    resumed = train(resumed_cfg, text_encoder)
+    assert resumed.step == 10 and len(resumed.losses) == 5
+    assert resumed.losses == pytest.approx(straight.losses[5:], rel=1e-4)
+    a = load_file(str(straight.checkpoint / "model.safetensors"))
+    b = load_file(str(resumed.checkpoint / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    sa = json.loads((straight.checkpoint / "state.json").read_text())
+    sb = json.loads((resumed.checkpoint / "state.json").read_text())
+    assert sa["data"] == sb["data"] and sa["samples_seen"] == sb["samples_seen"] == 80
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").open()]
+    assert steps == [5, 10]  # one log appended across the restart
+
+
+def test_stage2_from_stage1_then_lora(stage1_run, tmp_path: Path, stage2_dir, text_encoder) -> None:
+    _, stage1 = stage1_run
+    s2 = tiny_config(
+        tmp_path / "s2", stage2_dir, stage=2, init_from=str(stage1.checkpoint), max_steps=6
+    )
+    result = train(s2, text_encoder)
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert set().union(*(r["tasks"] for r in log)) == {
+        "txt2img",
+        "edge2img",
+        "mask2img",
+        "retrieval",
+    }
+    # it started from stage 1: the first loss is far below a fresh model's (~1.0)
+    assert result.losses[0] < 0.8 * 1.0
+
+    lora_cfg = tiny_config(
+        tmp_path / "lora",
+        stage2_dir,
+        stage=2,
+        init_from=str(result.checkpoint),
+        max_steps=4,
+        lora=LoraConfig(enabled=True, r=4, alpha=8),
+    )
+    lora = train(lora_cfg, text_encoder)
+    model, cfg = ckpt.load_model(lora.checkpoint, "model")
+    assert cfg.lora.enabled
+    base = load_file(str(result.checkpoint / "ema.safetensors"))
+    tuned = model.state_dict()
+    frozen = "mid_attn.cross_attn.to_q.base_layer.weight"
+    assert torch.equal(tuned[frozen], base["mid_attn.cross_attn.to_q.weight"])
+    assert any("lora_B" in k and tuned[k].abs().sum() > 0 for k in tuned)
+
+
+def test_mismatched_text_width_fails_loudly(tmp_path: Path, stage1_dir, text_encoder) -> None:
+    cfg = tiny_config(tmp_path, stage1_dir)
+    cfg.model.text_dim = 512
+    with pytest.raises(ValueError, match="text_dim"):
+        train(cfg, text_encoder)
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"model": {"base_channel": 3}})
+    cfg = TrainConfig.from_dict(
+        {"model": {"channel_mults": [1, 2], "attention_levels": [1]}, "data": {"shards": ["x"]}}
+    )
+    assert cfg.model.channel_mults == (1, 2)
