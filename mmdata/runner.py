@@ -20,6 +20,10 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     std = opts.view_as(StandardOptions)
     if not std.runner:
         std.runner = "DirectRunner"
+    if "DaskRunner" in str(std.runner):
+        from mmdata.dask_compat import patch_dask_runner
+
+        patch_dask_runner()
     return opts
 
 
@@ -32,8 +36,21 @@ def run_pipeline(
     if test_pipeline is not None:
         build(test_pipeline)
         return
-    with beam.Pipeline(options=pipeline_options(beam_args)) as p:
+    opts = pipeline_options(beam_args)
+    with beam.Pipeline(options=opts) as p:
         build(p)
+    if "DaskRunner" in str(opts.view_as(StandardOptions).runner):
+        _close_dask_client()
+
+
+def _close_dask_client() -> None:
+    """The Dask runner opens a client it never closes; close it so it does not outlive its cluster."""
+    try:
+        from distributed import default_client
+
+        default_client().close()
+    except (ImportError, ValueError):
+        pass
 
 
 def summarize(output: str) -> str:

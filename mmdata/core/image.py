@@ -65,7 +65,7 @@ def decode_image(
     except UnidentifiedImageError:
         return Reason("not_an_image", f"unrecognised image data (starts {data[:8]!r})")
     except Exception as e:  # noqa: BLE001 - any decoder failure is a reject, not a crash
-        return Reason("corrupt_image", f"{type(e).__name__}: {e}")
+        return _decode_error(e)
     w, h = img.size
     if w <= 0 or h <= 0:
         return Reason("corrupt_image", f"invalid size {w}x{h}")
@@ -76,14 +76,10 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            rotated = ImageOps.exif_transpose(img)
-    except OSError as e:
-        msg = str(e)
-        if "truncated" in msg or "broken data stream" in msg or "unexpected end" in msg.lower():
-            return Reason("truncated_image", msg)
-        return Reason("corrupt_image", f"OSError: {msg}")
+            orientation = img.getexif().get(0x0112, 1)
+            rotated = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
     except Exception as e:  # noqa: BLE001
-        return Reason("corrupt_image", f"{type(e).__name__}: {e}")
+        return _decode_error(e)
     changed = rotated is not img
     img = rotated
     try:
@@ -108,6 +104,13 @@ def decode_image(
         original_format=original_format.lower(),
         original_mode=original_mode,
     )
+
+
+def _decode_error(e: Exception) -> Reason:
+    msg = f"{type(e).__name__}: {e}"
+    if any(t in msg.lower() for t in ("truncated", "broken data stream", "unexpected end", "eoferror")):
+        return Reason("truncated_image", msg)
+    return Reason("corrupt_image", msg)
 
 
 def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:

@@ -305,7 +305,10 @@ class _TarFn(beam.DoFn):
                 yield from flush()
                 group_key = None
         except (tarfile.TarError, OSError, EOFError) as e:
-            yield from flush()
+            if group_key is not None:  # the sample being read when the tar broke may be incomplete
+                yield RawRecord(key=group_key, source=f"{tar_path}::{group_key}", image=None, caption=None,
+                                error=("corrupt_tar", f"sample cut off by {type(e).__name__}: {e}"))
+                seen_ok.add(group_key)
             yield RawRecord(key=slug_key(posixpath.basename(tar_path)) + "_tar", source=tar_path, image=None,
                             caption=None, error=("corrupt_tar", f"{type(e).__name__}: {e}"))
         for key, row in sorted(status.items()):

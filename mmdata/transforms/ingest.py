@@ -11,7 +11,7 @@ from mmdata.core.caption import clean_caption
 from mmdata.core.image import decode_image
 from mmdata.core.reasons import Reason
 from mmdata.records import ImageTextPair, RawRecord, Reject
-from mmdata.transforms.stage import REJECTS, Stage, stage_counts
+from mmdata.transforms.stage import Stage, split_rejects, stage_counts
 
 
 def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
@@ -42,11 +42,8 @@ class _UniqueKeyFn(beam.DoFn):
         pairs = sorted(pairs, key=lambda p: (p.source, p.sha256))
         yield pairs[0]
         for p in pairs[1:]:
-            yield beam.pvalue.TaggedOutput(
-                REJECTS,
-                Reject(key=key, stage="unique_keys", reason="duplicate_key",
-                       detail=f"key also used by {pairs[0].source}", source=p.source),
-            )
+            yield Reject(key=key, stage="unique_keys", reason="duplicate_key",
+                         detail=f"key also used by {pairs[0].source}", source=p.source)
 
 
 class Ingest(beam.PTransform):
@@ -63,15 +60,15 @@ class Ingest(beam.PTransform):
         cfg = self.cfg
         decoded = raw | "Decode" >> Stage("ingest", lambda r: raw_to_pair(r, cfg))
         pairs = decoded["kept"]
-        uniq = (
+        uniq, dups = split_rejects(
             pairs
             | "ByKey" >> beam.Map(lambda p: (p.key, p))
             | "GroupKey" >> beam.GroupByKey()
-            | "Unique" >> beam.ParDo(_UniqueKeyFn()).with_outputs(REJECTS, main="kept")
+            | "Unique" >> beam.ParDo(_UniqueKeyFn())
         )
         counts = (
             decoded["counts"],
-            stage_counts("unique_keys", pairs, uniq.kept, uniq[REJECTS]),
+            stage_counts("unique_keys", pairs, uniq, dups),
         ) | "FlattenCounts" >> beam.Flatten()
-        rejects = (decoded["rejects"], uniq[REJECTS]) | "FlattenRejects" >> beam.Flatten()
-        return {"kept": uniq.kept, "rejects": rejects, "counts": counts}
+        rejects = (decoded["rejects"], dups) | "FlattenRejects" >> beam.Flatten()
+        return {"kept": uniq, "rejects": rejects, "counts": counts}

@@ -1,7 +1,7 @@
 """The stage pattern every transform follows: a pure function per record, a dead-letter output, and counts.
 
 `Stage(name, fn)` applies `fn(element) -> output | Reject | Reason` to every element. Outputs go to `kept`,
-refusals to `rejects` (with stage, reason, detail, source); an unexpected exception in `fn` becomes an
+refusals to `rejects` (the dead-letter output) (with stage, reason, detail, source); an unexpected exception in `fn` becomes an
 `unexpected_error` reject instead of killing the job. Counts are Beam metrics (`<stage>/input`, `kept`,
 `rejected_<reason>`) and also data (`counts`), so they land in the manifest on every runner:
 `input == kept + sum(rejected)` is checked when the manifest is written.
@@ -18,9 +18,6 @@ from apache_beam.metrics import Metrics
 
 from mmdata.core.reasons import Reason
 from mmdata.records import Reject
-
-REJECTS = "rejects"
-
 
 def _key_and_source(element: Any) -> tuple[str, str]:
     key = getattr(element, "key", None) or getattr(element, "sample_id", None) or ""
@@ -50,7 +47,7 @@ class _StageFn(beam.DoFn):
             out = Reject(key=key, stage=self.stage, reason=out.reason, detail=out.detail, source=source)
         if isinstance(out, Reject):
             self._inc(f"rejected_{out.reason}")
-            yield beam.pvalue.TaggedOutput(REJECTS, out)
+            yield out
         else:
             self._inc("kept")
             yield out
@@ -81,6 +78,16 @@ class _CountFn(beam.CombineFn):
         }
 
 
+def split_rejects(mixed: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+    """(kept, rejects) of a PCollection holding both.
+
+    Two filters instead of a multi-output ParDo: Beam's Dask runner does not keep tagged outputs apart.
+    """
+    kept = mixed | "Kept" >> beam.Filter(lambda x: not isinstance(x, Reject))
+    rejects = mixed | "Rejected" >> beam.Filter(lambda x: isinstance(x, Reject))
+    return kept, rejects
+
+
 def stage_counts(name: str, inputs, kept, rejects) -> beam.PCollection:
     """A one-element PCollection (stage, counts) computed from the data itself (not from metrics)."""
     tagged = (
@@ -106,6 +113,5 @@ class Stage(beam.PTransform):
 
     def expand(self, pcoll) -> dict[str, beam.PCollection]:
         """Returns {"kept", "rejects", "counts"}."""
-        res = pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn)).with_outputs(REJECTS, main="kept")
-        kept, rejects = res.kept, res[REJECTS]
+        kept, rejects = split_rejects(pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn)))
         return {"kept": kept, "rejects": rejects, "counts": stage_counts(self.stage, pcoll, kept, rejects)}
