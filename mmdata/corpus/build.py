@@ -112,7 +112,9 @@ def _icon_meta(
         "license": info.license_spdx,
         "license_url": info.license_url,
         "author": info.author,
-        "url": info.author_url,
+        # The set's project page, shared by all its icons: not a per-image `url`, which
+        # dedup stages may treat as an identity.
+        "project_url": info.author_url,
     }
 
 
@@ -466,8 +468,8 @@ def license_markdown(items: Sequence[dict[str, Any]]) -> str:
         if first.get("license_url"):
             license_cell = f"[{first['license']}]({first['license_url']})"
         author = first.get("author") or "?"
-        if first.get("url"):
-            author = f"[{author}]({first['url']})"
+        if first.get("project_url"):
+            author = f"[{author}]({first['project_url']})"
         lines.append(
             f"| `{source}` | {first['style_name']} (`{first['style']}`) | {author} | "
             f"{license_cell} | {len(group)} |"

@@ -105,8 +105,9 @@ def readme_text(items: list[dict[str, Any]], recipe: SampleRecipe) -> str:
         "",
         "Layout: `<group>/<style>/<name>.png` with a same-stem `.json` sidecar holding `caption`,",
         "`subject` (shared by every style of one thing), `style`, `style_name`, `styled_caption`,",
-        "`category`, `codepoints`, `source`, `license`, `url`. `index.jsonl` lists every image with",
-        "its sidecar; `LICENSE.md` is the attribution for every source.",
+        "`category`, `codepoints`, `source`, `license` and `project_url` (photos: `url`, the",
+        "original). `index.jsonl` lists every image with its sidecar; `LICENSE.md` is the",
+        "attribution for every source.",
         "",
         f"Counts: {len(items)} images: "
         + ", ".join(f"{g} {groups[g]}" for g in ("emoji", "icons", "photos"))

@@ -269,6 +269,7 @@ def test_build_emoji_groups_one_subject_across_styles(npm_sources: Path, tmp_pat
     assert apple["beta"]["codepoints"] == "1f34e"
     assert apple["beta"]["source"] == "npm:@iconify-json/beta@1.0.0"
     assert apple["beta"]["license"] == "CC-BY-4.0"
+    assert apple["beta"]["project_url"] == "https://example.org/beta" and "url" not in apple["beta"]
     # the hFlip alias moved the left-half shape to the right half
     a = _alpha(out / "emoji/gamma/red-apple.png")
     assert a[:, : SIZE // 2].max() == 0 and a[:, SIZE // 2 :].min() == 255
