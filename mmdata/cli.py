@@ -17,6 +17,8 @@ SUBCOMMAND_MODULES: list[str] = [
     "pipelines.cli",
     "mmdata.weights_cli",
     "mmdata.corpus.cli",
+    "mmdata.train.cli",
+    "mmdata.llm.cli",
 ]
 
 

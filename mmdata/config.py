@@ -28,7 +28,9 @@ class IngestConfig:
     """Decoding and caption rules applied to every input record."""
 
     max_file_bytes: int = 64 * 1024 * 1024  # larger files are refused unread
-    max_pixels: int = 64_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_pixels: int = (
+        64_000_000  # decompression-bomb guard, checked from the header before decoding
+    )
     max_side: int = 20_000
     max_caption_chars: int = 1000
     caption_field: str = "caption"  # sidecar json / manifest column holding the caption
@@ -61,7 +63,9 @@ class ShardConfig:
     """Shard writer limits."""
 
     maxcount: int = 1000  # samples per shard
-    maxsize: int = 512 * 1024 * 1024  # bytes per shard (a single larger sample still gets its own shard)
+    maxsize: int = (
+        512 * 1024 * 1024
+    )  # bytes per shard (a single larger sample still gets its own shard)
 
     def validate(self) -> None:
         _positive(self, "maxcount", "maxsize")
@@ -87,7 +91,9 @@ class DemoConfig:
 
     def validate(self) -> None:
         if self.input_kind not in ("auto", "folder", "manifest", "webdataset"):
-            raise ConfigError(f"input_kind must be auto|folder|manifest|webdataset, not {self.input_kind!r}")
+            raise ConfigError(
+                f"input_kind must be auto|folder|manifest|webdataset, not {self.input_kind!r}"
+            )
         if not self.output:
             raise ConfigError("output is required")
         from mmdata.core.tasks import TASKS
@@ -131,7 +137,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(path + k for k in unknown)} for {cls.__name__}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(path + k for k in unknown)} for {cls.__name__}"
+        )
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -196,7 +204,9 @@ def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
     return out
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()
+) -> None:
     """Add one `--a.b` flag per config field (default: unset, so YAML/defaults apply)."""
     group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
     group.add_argument("--config", help="YAML config file; flags override it")
@@ -205,7 +215,10 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         group.add_argument(
-            f"--{name}", dest=f"cfg::{name}", default=None, metavar=getattr(hint, "__name__", "LIST").upper(),
+            f"--{name}",
+            dest=f"cfg::{name}",
+            default=None,
+            metavar=getattr(hint, "__name__", "LIST").upper(),
             help=f"default: {shown!r}",
         )
 

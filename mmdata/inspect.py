@@ -55,7 +55,9 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
     root = Path(dataset)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"{root} has no manifest.json: not an mmdata dataset (or the job did not finish)")
+        raise FileNotFoundError(
+            f"{root} has no manifest.json: not an mmdata dataset (or the job did not finish)"
+        )
     m = json.loads(manifest_path.read_text())
     e = html.escape
     parts = [
@@ -71,8 +73,12 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
     ]
     for stage, c in m["counts"].items():
         rej = "<br>".join(f"{e(k)}: {v}" for k, v in c["rejected"].items()) or "-"
-        parts.append(f"<tr><td>{e(stage)}</td><td>{c['input']}</td><td>{c['kept']}</td><td>{rej}</td></tr>")
-    parts.append("</table><h2>Tasks and mixture</h2><table><tr><th>task</th><th>samples</th><th>ratio</th></tr>")
+        parts.append(
+            f"<tr><td>{e(stage)}</td><td>{c['input']}</td><td>{c['kept']}</td><td>{rej}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Tasks and mixture</h2><table><tr><th>task</th><th>samples</th><th>ratio</th></tr>"
+    )
     for t, n in m["tasks"].items():
         parts.append(f"<tr><td>{e(t)}</td><td>{n}</td><td>{m['mixture'].get(t, '')}</td></tr>")
     parts.append("</table>")
@@ -80,12 +86,16 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
     if rej_path.is_file():
         rows = pq.read_table(rej_path).to_pylist()
         by = Counter((r["stage"], r["reason"]) for r in rows)
-        parts.append("<h2>Reject reasons</h2><table><tr><th>stage</th><th>reason</th><th>count</th>"
-                     "<th>examples</th></tr>")
+        parts.append(
+            "<h2>Reject reasons</h2><table><tr><th>stage</th><th>reason</th><th>count</th>"
+            "<th>examples</th></tr>"
+        )
         for (stage, reason), n in sorted(by.items()):
             ex = [r for r in rows if r["stage"] == stage and r["reason"] == reason][:3]
             exs = "<br>".join(f"{e(r['source'] or r['key'])}: {e(r['detail'][:160])}" for r in ex)
-            parts.append(f"<tr><td>{e(stage)}</td><td>{e(reason)}</td><td>{n}</td><td>{exs}</td></tr>")
+            parts.append(
+                f"<tr><td>{e(stage)}</td><td>{e(reason)}</td><td>{n}</td><td>{exs}</td></tr>"
+            )
         parts.append("</table>")
     parts.append("<h2>Samples</h2>")
     shown = 0
@@ -98,15 +108,27 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
             text = e(meta.get("instruction") or meta.get("caption") or "")
             for c in meta.get("context", []):
                 text = text.replace(e(c["marker"]), f"<span class='m'>{e(c['marker'])}</span>")
-            imgs = [f"<div>target<br>{_thumb(v)}</div>" for f, v in members.items() if f.startswith("target")]
+            imgs = [
+                f"<div>target<br>{_thumb(v)}</div>"
+                for f, v in members.items()
+                if f.startswith("target")
+            ]
             if not imgs:
-                imgs = [f"<div>{_thumb(v)}</div>" for f, v in members.items() if f in ("png", "jpg", "webp")]
+                imgs = [
+                    f"<div>{_thumb(v)}</div>"
+                    for f, v in members.items()
+                    if f in ("png", "jpg", "webp")
+                ]
             for c in meta.get("context", []):
                 data = members.get(c["field"])
-                imgs.append(f"<div>{e(c['marker'])} {e(c['role'])}<br>{_thumb(data) if data else '(missing)'}"
-                            f"<br><small>{e(c['text'])}</small></div>")
-            parts.append(f"<div class='s'><b>{e(key)}</b> {e(meta.get('task', ''))}<p>{text}</p>"
-                         f"<div style='display:flex;gap:4px;flex-wrap:wrap'>{''.join(imgs)}</div></div>")
+                imgs.append(
+                    f"<div>{e(c['marker'])} {e(c['role'])}<br>{_thumb(data) if data else '(missing)'}"
+                    f"<br><small>{e(c['text'])}</small></div>"
+                )
+            parts.append(
+                f"<div class='s'><b>{e(key)}</b> {e(meta.get('task', ''))}<p>{text}</p>"
+                f"<div style='display:flex;gap:4px;flex-wrap:wrap'>{''.join(imgs)}</div></div>"
+            )
     out_path = Path(out) if out else root / "inspect.html"
     out_path.write_text("\n".join(parts), encoding="utf-8")
     return out_path

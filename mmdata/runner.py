@@ -62,6 +62,8 @@ def summarize(output: str) -> str:
         c = m["counts"][stage]
         rej = ", ".join(f"{k}={v}" for k, v in c["rejected"].items()) or "none"
         lines.append(f"  {stage:<12} in={c['input']:<6} kept={c['kept']:<6} rejected: {rej}")
-    lines.append(f"  shards: {len(m['shards'])}  samples: {m['totals']['samples']}  rejects: {m['totals']['rejects']}")
+    lines.append(
+        f"  shards: {len(m['shards'])}  samples: {m['totals']['samples']}  rejects: {m['totals']['rejects']}"
+    )
     lines.append(f"  tasks: {m['tasks']}")
     return "\n".join(lines)

@@ -15,8 +15,12 @@ def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines import demo
 
     cfg = config_from_args(DemoConfig, args)
-    log.info("demo: input=%s output=%s runner args=%s", cfg.input or "<bundled sample corpus>", cfg.output,
-             beam_args or "[DirectRunner]")
+    log.info(
+        "demo: input=%s output=%s runner args=%s",
+        cfg.input or "<bundled sample corpus>",
+        cfg.output,
+        beam_args or "[DirectRunner]",
+    )
     demo.run(cfg, beam_args, overwrite=args.overwrite)
     print(summarize(cfg.output))
     print(f"\nOutput written to: {cfg.output}\nLook at it with: mmdata inspect {cfg.output}")
@@ -42,14 +46,21 @@ def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job (ingest -> quality -> txt2img -> shards) on the sample corpus",
-                       description="Ingest the bundled sample corpus (or --input), filter by technical quality, build "
-                       "text-to-image instruction samples and write WebDataset shards, manifest and rejects.")
-    p.add_argument("--overwrite", action="store_true", help="rewrite complete shards instead of skipping them")
+    p = sub.add_parser(
+        "demo",
+        help="run the main job (ingest -> quality -> txt2img -> shards) on the sample corpus",
+        description="Ingest the bundled sample corpus (or --input), filter by technical quality, build "
+        "text-to-image instruction samples and write WebDataset shards, manifest and rejects.",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="rewrite complete shards instead of skipping them"
+    )
     add_config_flags(p, DemoConfig)
     p.set_defaults(func=_demo, accepts_beam_args=True)
 
-    p = sub.add_parser("ingest", help="read a folder / manifest / WebDataset source into checked pair shards")
+    p = sub.add_parser(
+        "ingest", help="read a folder / manifest / WebDataset source into checked pair shards"
+    )
     p.add_argument("--overwrite", action="store_true")
     add_config_flags(p, IngestJobConfig)
     p.set_defaults(func=_ingest, accepts_beam_args=True)

@@ -22,21 +22,36 @@ def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
     """Wire the demo job into `p`; returns the manifest PCollection."""
     source = cfg.input or str(sample_corpus_dir())
     templates = load_templates("txt2img", cfg.templates_dir or None)
-    ing = p | "Read" >> read_source(source, cfg.input_kind, cfg.ingest) | "Ingest" >> Ingest(cfg.ingest)
+    ing = (
+        p
+        | "Read" >> read_source(source, cfg.input_kind, cfg.ingest)
+        | "Ingest" >> Ingest(cfg.ingest)
+    )
     qual = ing["kept"] | "Quality" >> QualityFilter(cfg.quality)
     t2i = qual["kept"] | "Txt2Img" >> BuildTxt2Img(templates, cfg.seed)
     samples = t2i["kept"]
     shards = (
         samples
         | "ToItems" >> beam.Map(sample_to_item)
-        | "Shards" >> WriteShards(cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, SAMPLE_ROW_SCHEMA, overwrite)
+        | "Shards"
+        >> WriteShards(
+            cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, SAMPLE_ROW_SCHEMA, overwrite
+        )
     )
-    tasks = samples | "Tasks" >> beam.Map(lambda s: s.task) | "CountTasks" >> beam.combiners.Count.PerElement()
+    tasks = (
+        samples
+        | "Tasks" >> beam.Map(lambda s: s.task)
+        | "CountTasks" >> beam.combiners.Count.PerElement()
+    )
     counts = (ing["counts"], qual["counts"], t2i["counts"]) | "Counts" >> beam.Flatten()
     rejects = (ing["rejects"], qual["rejects"], t2i["rejects"]) | "Rejects" >> beam.Flatten()
     config = {**to_dict(cfg), "input": source}
-    return (counts, shards, rejects, tasks) | "Manifest" >> WriteManifest(cfg.output, "demo", config, STAGES)
+    return (counts, shards, rejects, tasks) | "Manifest" >> WriteManifest(
+        cfg.output, "demo", config, STAGES
+    )
 
 
-def run(cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None) -> None:
+def run(
+    cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None
+) -> None:
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

@@ -16,19 +16,34 @@ STAGES = ["ingest", "unique_keys"]
 
 
 def build(p: beam.Pipeline, cfg: IngestJobConfig, overwrite: bool = False):
-    ing = p | "Read" >> read_source(cfg.input, cfg.input_kind, cfg.ingest) | "Ingest" >> Ingest(cfg.ingest)
+    ing = (
+        p
+        | "Read" >> read_source(cfg.input, cfg.input_kind, cfg.ingest)
+        | "Ingest" >> Ingest(cfg.ingest)
+    )
     pairs = ing["kept"]
     shards = (
         pairs
         | "ToItems" >> beam.Map(pair_to_item)
-        | "Shards" >> WriteShards(cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, PAIR_ROW_SCHEMA, overwrite)
+        | "Shards"
+        >> WriteShards(
+            cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, PAIR_ROW_SCHEMA, overwrite
+        )
     )
-    tasks = pairs | "Kind" >> beam.Map(lambda _: "pair") | "CountKind" >> beam.combiners.Count.PerElement()
+    tasks = (
+        pairs
+        | "Kind" >> beam.Map(lambda _: "pair")
+        | "CountKind" >> beam.combiners.Count.PerElement()
+    )
     return (ing["counts"], shards, ing["rejects"], tasks) | "Manifest" >> WriteManifest(
         cfg.output, "ingest", to_dict(cfg), STAGES, mixture={}
     )
 
 
-def run(cfg: IngestJobConfig, beam_args: list[str] | None = None, overwrite: bool = False,
-        test_pipeline=None) -> None:
+def run(
+    cfg: IngestJobConfig,
+    beam_args: list[str] | None = None,
+    overwrite: bool = False,
+    test_pipeline=None,
+) -> None:
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

@@ -13,7 +13,15 @@ import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw
 
-PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry"]
+PHOTOS = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "hubble_deep_field",
+    "immunohistochemistry",
+]
 
 
 def photo(name: str, size: int = 96) -> Image.Image:
@@ -31,8 +39,16 @@ def shape(i: int, size: int = 64) -> Image.Image:
     color = tuple(int(c) for c in rng.integers(30, 230, 3)) + (255,)
     box = [size // 8, size // 8, size - size // 8, size - size // 8]
     [d.ellipse, d.rectangle, d.polygon][i % 3](
-        box if i % 3 < 2 else [(size // 2, size // 8), (size // 8, size - size // 8), (size - size // 8, size - size // 8)],
-        fill=color, outline=(0, 0, 0, 255), width=2,
+        box
+        if i % 3 < 2
+        else [
+            (size // 2, size // 8),
+            (size // 8, size - size // 8),
+            (size - size // 8, size - size // 8),
+        ],
+        fill=color,
+        outline=(0, 0, 0, 255),
+        width=2,
     )
     d.line([(size // 4, size // 2), (3 * size // 4, size // 2)], fill=(255, 255, 255, 255), width=3)
     return img
@@ -46,11 +62,22 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A valid PNG header claiming a huge size, with a tiny (wrong) body: must be refused unread."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def exif_rotated_jpeg() -> bytes:
@@ -74,12 +101,25 @@ def odd_mode_images() -> dict[str, tuple[bytes, str]]:
         "grey_alpha.png": (encode(rgba.convert("LA")), "RGBA"),
         "rgba.png": (encode(rgba), "RGBA"),
         "opaque_rgba.png": (encode(base.convert("RGBA")), "RGB"),
-        "sixteen.png": (encode(Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257))), "RGB"),
-        "float.tif": (encode(Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255.0), "TIFF"), "RGB"),
+        "sixteen.png": (
+            encode(Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257)),
+            "RGB",
+        ),
+        "float.tif": (
+            encode(Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255.0), "TIFF"),
+            "RGB",
+        ),
         "rotated.jpg": (exif_rotated_jpeg(), "RGB"),
         "webp.webp": (encode(base, "WEBP", lossless=True), "RGB"),
-        "animated.gif": (encode(base.convert("P"), "GIF", save_all=True,
-                                append_images=[photo("coffee", 64).convert("P")]), "RGB"),
+        "animated.gif": (
+            encode(
+                base.convert("P"),
+                "GIF",
+                save_all=True,
+                append_images=[photo("coffee", 64).convert("P")],
+            ),
+            "RGB",
+        ),
     }
     # palette with a transparency index
     p = rgba.convert("RGB").convert("P")
@@ -101,7 +141,9 @@ def good_folder(root: Path, n_shapes: int = 12) -> list[str]:
         d = root / "shapes" / f"set{i % 3}"
         d.mkdir(parents=True, exist_ok=True)
         shape(i).save(d / f"shape{i:02d}.png")
-        (d / f"shape{i:02d}.json").write_text(json.dumps({"caption": f"a drawn shape number {i}", "style": f"set{i % 3}"}))
+        (d / f"shape{i:02d}.json").write_text(
+            json.dumps({"caption": f"a drawn shape number {i}", "style": f"set{i % 3}"})
+        )
         keys.append(f"shapes_set{i % 3}_shape{i:02d}")
     return keys
 
@@ -148,18 +190,33 @@ def bad_folder(root: Path) -> dict[str, str]:
         (root / d / "a.png").write_bytes(encode(photo("rocket", 64)))
         (root / d / "a.txt").write_text(f"a rocket in {d}")
     return {
-        "empty": "empty_file", "truncated_jpeg": "truncated_image", "truncated_png": "truncated_image",
-        "not_image": "not_an_image", "bomb": "decompression_bomb", "bad_caption": "caption_not_utf8",
-        "empty_caption": "caption_empty", "long_caption": "caption_too_long", "no_sidecar": "missing_caption",
-        "filename_caption": "caption_filename", "bad_json": "bad_sidecar", "tiny": "too_small",
-        "uniform": "near_uniform", "stripe": "bad_aspect_ratio", "marker_caption": "caption_has_marker",
-        "orphan": "orphan_sidecar", "notes": "unsupported_extension", "dup_key_a": "duplicate_key",
+        "empty": "empty_file",
+        "truncated_jpeg": "truncated_image",
+        "truncated_png": "truncated_image",
+        "not_image": "not_an_image",
+        "bomb": "decompression_bomb",
+        "bad_caption": "caption_not_utf8",
+        "empty_caption": "caption_empty",
+        "long_caption": "caption_too_long",
+        "no_sidecar": "missing_caption",
+        "filename_caption": "caption_filename",
+        "bad_json": "bad_sidecar",
+        "tiny": "too_small",
+        "uniform": "near_uniform",
+        "stripe": "bad_aspect_ratio",
+        "marker_caption": "caption_has_marker",
+        "orphan": "orphan_sidecar",
+        "notes": "unsupported_extension",
+        "dup_key_a": "duplicate_key",
     }
 
 
-def img2dataset_tar(path: Path, samples: list[tuple[str, bytes, str]], extra: list[tuple[str, bytes]] = ()) -> None:
+def img2dataset_tar(
+    path: Path, samples: list[tuple[str, bytes, str]], extra: list[tuple[str, bytes]] = ()
+) -> None:
     """Write `path` like img2dataset: <key>.jpg/png + <key>.txt + <key>.json; `extra` members appended raw."""
     with tarfile.open(path, "w") as tar:
+
         def add(name: str, data: bytes) -> None:
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
@@ -168,6 +225,11 @@ def img2dataset_tar(path: Path, samples: list[tuple[str, bytes, str]], extra: li
         for key, img, caption in samples:
             add(f"{key}.jpg", img)
             add(f"{key}.txt", caption.encode())
-            add(f"{key}.json", json.dumps({"key": key, "url": f"https://example.com/{key}.jpg", "caption": caption}).encode())
+            add(
+                f"{key}.json",
+                json.dumps(
+                    {"key": key, "url": f"https://example.com/{key}.jpg", "caption": caption}
+                ).encode(),
+            )
         for name, data in extra:
             add(name, data)

@@ -46,7 +46,9 @@ def clean_caption(raw: bytes | str | None, max_chars: int = 1000) -> str | Reaso
     text = html.unescape(text)
     text = unicodedata.normalize("NFC", text)
     text = "".join(
-        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C"
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch)[0] != "C"
     )
     text = _WS.sub(" ", text).strip()
     if not text:

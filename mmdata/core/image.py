@@ -70,7 +70,9 @@ def decode_image(
     if w <= 0 or h <= 0:
         return Reason("corrupt_image", f"invalid size {w}x{h}")
     if w * h > max_pixels or max(w, h) > max_side:
-        return Reason("decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels or side {max_side}")
+        return Reason(
+            "decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels or side {max_side}"
+        )
     original_format, original_mode = img.format or "", img.mode
     try:
         with warnings.catch_warnings():
@@ -108,7 +110,9 @@ def decode_image(
 
 def _decode_error(e: Exception) -> Reason:
     msg = f"{type(e).__name__}: {e}"
-    if any(t in msg.lower() for t in ("truncated", "broken data stream", "unexpected end", "eoferror")):
+    if any(
+        t in msg.lower() for t in ("truncated", "broken data stream", "unexpected end", "eoferror")
+    ):
         return Reason("truncated_image", msg)
     return Reason("corrupt_image", msg)
 
@@ -129,14 +133,18 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
             arr = arr / 257.0
         elif mode == "I":
             lo, hi = float(arr.min()), float(arr.max())
-            arr = arr / 257.0 if lo >= 0 and hi <= 65535 else (arr - lo) / max(hi - lo, 1e-9) * 255.0
+            arr = (
+                arr / 257.0 if lo >= 0 and hi <= 65535 else (arr - lo) / max(hi - lo, 1e-9) * 255.0
+            )
         else:
             lo, hi = float(arr.min()), float(arr.max())
             arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
         return grey.convert("RGB"), True
     if mode == "P":
-        has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
+        has_alpha = (
+            "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
+        )
         if has_alpha:
             return normalise_mode(img.convert("RGBA"))[0], True
         return img.convert("RGB"), True

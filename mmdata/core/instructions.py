@@ -26,7 +26,9 @@ def make_sample(
         raise ValueError(f"task {task} needs {len(spec.roles)} context entries, got {len(context)}")
     for i, (entry, role) in enumerate(zip(context, spec.roles, strict=True), start=1):
         if entry.marker != f"[ref#{i}]" or entry.role != role:
-            raise ValueError(f"context entry {i} is {entry.marker}/{entry.role}, expected [ref#{i}]/{role}")
+            raise ValueError(
+                f"context entry {i} is {entry.marker}/{entry.role}, expected [ref#{i}]/{role}"
+            )
     source_keys = [target.key] + [k for c in context for k in c.source_keys if k != target.key]
     source_keys = list(dict.fromkeys(source_keys))
     template = choose_template(templates, seed, task, *source_keys)
@@ -51,8 +53,12 @@ def make_sample(
     )
 
 
-def txt2img_sample(pair: ImageTextPair, templates: list[Template], seed: int) -> InstructionSample | Reason:
+def txt2img_sample(
+    pair: ImageTextPair, templates: list[Template], seed: int
+) -> InstructionSample | Reason:
     """A text-to-image sample: the caption in a template, the pair's image as target, no context."""
     if MARKER.search(pair.caption):
-        return Reason("caption_has_marker", "caption contains a [ref#N] marker, which would break the text")
+        return Reason(
+            "caption_has_marker", "caption contains a [ref#N] marker, which would break the text"
+        )
     return make_sample("txt2img", pair, [], {"caption": pair.caption}, templates, seed)

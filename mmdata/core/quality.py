@@ -36,5 +36,7 @@ def check_quality(metrics: dict[str, float], cfg: QualityConfig) -> Reason | Non
     if metrics["grey_std"] < cfg.min_std:
         return Reason("near_uniform", f"grey std {metrics['grey_std']:.2f} < {cfg.min_std}")
     if metrics["laplacian_var"] < cfg.min_laplacian_var:
-        return Reason("blurry", f"Laplacian variance {metrics['laplacian_var']:.1f} < {cfg.min_laplacian_var}")
+        return Reason(
+            "blurry", f"Laplacian variance {metrics['laplacian_var']:.1f} < {cfg.min_laplacian_var}"
+        )
     return None

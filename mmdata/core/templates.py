@@ -96,7 +96,9 @@ def load_templates(task: str, templates_dir: str | Path | None = None) -> list[T
         if t.get("status", "candidate") != "accepted":
             continue
         if problems := check_template(t["text"], spec):
-            raise TemplateError(f"{path}: accepted template {t['id']!r} is invalid: {'; '.join(problems)}")
+            raise TemplateError(
+                f"{path}: accepted template {t['id']!r} is invalid: {'; '.join(problems)}"
+            )
         out.append(Template(id=str(t["id"]), task=task, text=str(t["text"])))
     if not out:
         raise TemplateError(f"{path}: no accepted templates for task {task!r}")

@@ -42,7 +42,9 @@ def _split_ext(path: str) -> tuple[str, str]:
     return stem, ext.lower()
 
 
-def _read_bytes(path: str, size: int | None, max_bytes: int) -> tuple[bytes | None, tuple[str, str] | None]:
+def _read_bytes(
+    path: str, size: int | None, max_bytes: int
+) -> tuple[bytes | None, tuple[str, str] | None]:
     if size is not None and size > max_bytes:
         return None, ("file_too_large", f"{size} bytes > {max_bytes}")
     try:
@@ -55,7 +57,9 @@ def _read_bytes(path: str, size: int | None, max_bytes: int) -> tuple[bytes | No
     return data, None
 
 
-def _parse_sidecar_json(data: bytes, caption_field: str) -> tuple[Any, dict[str, Any], tuple[str, str] | None]:
+def _parse_sidecar_json(
+    data: bytes, caption_field: str
+) -> tuple[Any, dict[str, Any], tuple[str, str] | None]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -87,14 +91,23 @@ class _FolderGroupFn(beam.DoFn):
             for path, _ in by_ext[ext]:
                 rel = path[len(self.root) :].lstrip("/")
                 yield RawRecord(
-                    key=slug_key(rel), source=path, image=None, caption=None,
-                    error=("unsupported_extension", f".{ext} is neither an image nor a caption sidecar"),
+                    key=slug_key(rel),
+                    source=path,
+                    image=None,
+                    caption=None,
+                    error=(
+                        "unsupported_extension",
+                        f".{ext} is neither an image nor a caption sidecar",
+                    ),
                 )
         if not images:
             for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
                 for path, _ in by_ext[ext]:
                     yield RawRecord(
-                        key=slug_key(rel_stem), source=path, image=None, caption=None,
+                        key=slug_key(rel_stem),
+                        source=path,
+                        image=None,
+                        caption=None,
                         error=("orphan_sidecar", "caption sidecar without an image"),
                     )
             return
@@ -113,10 +126,17 @@ class _FolderGroupFn(beam.DoFn):
             path, size = by_ext[ext][0]
             # Two images with one stem (a.png + a.jpg) share the sidecar; keys stay distinct.
             key = slug_key(rel_stem) + ("" if n == 0 else f"_{ext}")
-            image, read_error = (None, error) if error else _read_bytes(path, size, self.cfg.max_file_bytes)
+            image, read_error = (
+                (None, error) if error else _read_bytes(path, size, self.cfg.max_file_bytes)
+            )
             yield RawRecord(
-                key=key, source=path, image=image, caption=caption,
-                metadata=dict(metadata), error=read_error or error, url=metadata.get("url"),
+                key=key,
+                source=path,
+                image=image,
+                caption=caption,
+                metadata=dict(metadata),
+                error=read_error or error,
+                url=metadata.get("url"),
             )
 
 
@@ -131,7 +151,9 @@ class ReadFolder(beam.PTransform):
     def expand(self, pbegin):
         def keyed(meta) -> Iterator[tuple[str, tuple[str, str, int]]]:
             base = posixpath.basename(meta.path)
-            if base.lower().startswith(IGNORED_PREFIXES) or base.lower().endswith((".md", ".jsonl")):
+            if base.lower().startswith(IGNORED_PREFIXES) or base.lower().endswith(
+                (".md", ".jsonl")
+            ):
                 return
             stem, ext = _split_ext(meta.path)
             yield stem, (ext, meta.path, meta.size_in_bytes)
@@ -172,7 +194,9 @@ def _manifest_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str]
         opts = pacsv.ParseOptions(delimiter="\t" if ext == "tsv" else ",", newlines_in_values=True)
         table = pacsv.read_csv(io.BytesIO(data), parse_options=opts)
     else:
-        raise ValueError(f"unsupported manifest format {ext!r} for {path} (use .parquet, .csv or .jsonl)")
+        raise ValueError(
+            f"unsupported manifest format {ext!r} for {path} (use .parquet, .csv or .jsonl)"
+        )
     for i, row in enumerate(table.to_pylist()):
         yield i, row, ""
 
@@ -186,30 +210,57 @@ class _ManifestRowFn(beam.DoFn):
         stem = slug_key(posixpath.basename(manifest))
         default_key = f"{stem}_{i:09d}"
         if row is None:
-            yield RawRecord(key=default_key, source=f"{manifest}#{i}", image=None, caption=None,
-                            error=("bad_manifest_row", err))
+            yield RawRecord(
+                key=default_key,
+                source=f"{manifest}#{i}",
+                image=None,
+                caption=None,
+                error=("bad_manifest_row", err),
+            )
             return
         cfg = self.cfg
         key = row.get(cfg.key_field)
         key = slug_key(str(key)) if key not in (None, "") else default_key
         path = row.get(cfg.path_field)
         caption = row.get(cfg.caption_field)
-        metadata = {k: v for k, v in row.items() if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)}
+        metadata = {
+            k: v
+            for k, v in row.items()
+            if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)
+        }
         metadata = json.loads(json.dumps(metadata, default=str))
         if not isinstance(path, str) or not path:
-            yield RawRecord(key=key, source=f"{manifest}#{i}", image=None, caption=caption,
-                            metadata=metadata, error=("missing_path", f"no {cfg.path_field!r} in row"))
+            yield RawRecord(
+                key=key,
+                source=f"{manifest}#{i}",
+                image=None,
+                caption=caption,
+                metadata=metadata,
+                error=("missing_path", f"no {cfg.path_field!r} in row"),
+            )
             return
         if "://" not in path and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         if not FileSystems.exists(path):
-            yield RawRecord(key=key, source=path, image=None, caption=caption, metadata=metadata,
-                            error=("missing_file", f"{path} does not exist"))
+            yield RawRecord(
+                key=key,
+                source=path,
+                image=None,
+                caption=caption,
+                metadata=metadata,
+                error=("missing_file", f"{path} does not exist"),
+            )
             return
         image, error = _read_bytes(path, None, cfg.max_file_bytes)
-        yield RawRecord(key=key, source=path, image=image, caption=caption, metadata=metadata,
-                        url=metadata.get("url") if isinstance(metadata.get("url"), str) else None,
-                        error=error)
+        yield RawRecord(
+            key=key,
+            source=path,
+            image=image,
+            caption=caption,
+            metadata=metadata,
+            url=metadata.get("url") if isinstance(metadata.get("url"), str) else None,
+            error=error,
+        )
 
 
 class ReadManifest(beam.PTransform):
@@ -261,8 +312,13 @@ class _TarFn(beam.DoFn):
         try:
             status = self._status_rows(tar_path)
         except Exception as e:  # noqa: BLE001
-            yield RawRecord(key=slug_key(posixpath.basename(tar_path)) + "_parquet", source=tar_path,
-                            image=None, caption=None, error=("bad_sidecar", f"parquet: {e}"))
+            yield RawRecord(
+                key=slug_key(posixpath.basename(tar_path)) + "_parquet",
+                source=tar_path,
+                image=None,
+                caption=None,
+                error=("bad_sidecar", f"parquet: {e}"),
+            )
             status = {}
         seen_ok: set[str] = set()
         group: dict[str, bytes] = {}
@@ -282,14 +338,28 @@ class _TarFn(beam.DoFn):
                     if ti.isdir():
                         continue
                     if _unsafe_member(name) or not ti.isreg():
-                        kind = "path escapes the archive" if _unsafe_member(name) else "not a regular file"
-                        yield RawRecord(key=slug_key(name), source=src, image=None, caption=None,
-                                        error=("unsafe_tar_member", f"{name!r}: {kind}"))
+                        kind = (
+                            "path escapes the archive"
+                            if _unsafe_member(name)
+                            else "not a regular file"
+                        )
+                        yield RawRecord(
+                            key=slug_key(name),
+                            source=src,
+                            image=None,
+                            caption=None,
+                            error=("unsafe_tar_member", f"{name!r}: {kind}"),
+                        )
                         continue
                     base = posixpath.basename(name)
                     if "." not in base:
-                        yield RawRecord(key=slug_key(name), source=src, image=None, caption=None,
-                                        error=("unsupported_extension", f"member {name!r} has no extension"))
+                        yield RawRecord(
+                            key=slug_key(name),
+                            source=src,
+                            image=None,
+                            caption=None,
+                            error=("unsupported_extension", f"member {name!r} has no extension"),
+                        )
                         continue
                     key, ext = base.split(".", 1)
                     key = slug_key(posixpath.join(posixpath.dirname(name), key))
@@ -306,18 +376,35 @@ class _TarFn(beam.DoFn):
                 group_key = None
         except (tarfile.TarError, OSError, EOFError) as e:
             if group_key is not None:  # the sample being read when the tar broke may be incomplete
-                yield RawRecord(key=group_key, source=f"{tar_path}::{group_key}", image=None, caption=None,
-                                error=("corrupt_tar", f"sample cut off by {type(e).__name__}: {e}"))
+                yield RawRecord(
+                    key=group_key,
+                    source=f"{tar_path}::{group_key}",
+                    image=None,
+                    caption=None,
+                    error=("corrupt_tar", f"sample cut off by {type(e).__name__}: {e}"),
+                )
                 seen_ok.add(group_key)
-            yield RawRecord(key=slug_key(posixpath.basename(tar_path)) + "_tar", source=tar_path, image=None,
-                            caption=None, error=("corrupt_tar", f"{type(e).__name__}: {e}"))
+            yield RawRecord(
+                key=slug_key(posixpath.basename(tar_path)) + "_tar",
+                source=tar_path,
+                image=None,
+                caption=None,
+                error=("corrupt_tar", f"{type(e).__name__}: {e}"),
+            )
         for key, row in sorted(status.items()):
             if key not in seen_ok and row.get("status") not in (None, "success"):
-                yield RawRecord(key=key, source=f"{tar_path}#parquet", image=None, caption=row.get("caption"),
-                                url=row.get("url"),
-                                error=("download_failed", str(row.get("error_message") or row.get("status"))))
+                yield RawRecord(
+                    key=key,
+                    source=f"{tar_path}#parquet",
+                    image=None,
+                    caption=row.get("caption"),
+                    url=row.get("url"),
+                    error=("download_failed", str(row.get("error_message") or row.get("status"))),
+                )
 
-    def _record(self, tar_path: str, key: str, members: dict[str, bytes], row: dict | None) -> RawRecord:
+    def _record(
+        self, tar_path: str, key: str, members: dict[str, bytes], row: dict | None
+    ) -> RawRecord:
         src = f"{tar_path}::{key}"
         metadata: dict[str, Any] = {}
         caption: Any = None
@@ -335,8 +422,15 @@ class _TarFn(beam.DoFn):
             error = error or ("missing_image", f"sample has members {sorted(members)} but no image")
         image = members[images[0]] if images else None
         url = metadata.get("url") if isinstance(metadata.get("url"), str) else None
-        return RawRecord(key=key, source=src, image=image, caption=caption, metadata=metadata, url=url,
-                         error=error)
+        return RawRecord(
+            key=key,
+            source=src,
+            image=image,
+            caption=caption,
+            metadata=metadata,
+            url=url,
+            error=error,
+        )
 
 
 class ReadWebDataset(beam.PTransform):
@@ -363,7 +457,10 @@ def detect_kind(path: str) -> tuple[str, str]:
         return "manifest", path
     if ext == "tar":
         return "webdataset", path
-    if FileSystems.exists(path) and not FileSystems.match([path.rstrip("/") + "/*.tar"])[0].metadata_list:
+    if (
+        FileSystems.exists(path)
+        and not FileSystems.match([path.rstrip("/") + "/*.tar"])[0].metadata_list
+    ):
         return "folder", path
     if FileSystems.exists(path):
         return "webdataset", path.rstrip("/") + "/*.tar"

@@ -70,11 +70,18 @@ class ShardInfo:
     skipped: bool = False
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "parquet": self.parquet, "samples": self.samples, "bytes": self.bytes,
-                "sha256": self.sha256}
+        return {
+            "name": self.name,
+            "parquet": self.parquet,
+            "samples": self.samples,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+        }
 
 
-def plan_shards(sizes: list[tuple[str, int]], maxcount: int, maxsize: int) -> list[tuple[str, int, int]]:
+def plan_shards(
+    sizes: list[tuple[str, int]], maxcount: int, maxsize: int
+) -> list[tuple[str, int, int]]:
     """Cut the sorted items into shards.
 
     Args:
@@ -113,7 +120,10 @@ def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
     with wds.TarWriter(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
         for key, item in samples:
             meta = {"key": key, **item.meta}
-            sample: dict[str, Any] = {"__key__": key, "json": json.dumps(meta, sort_keys=True).encode()}
+            sample: dict[str, Any] = {
+                "__key__": key,
+                "json": json.dumps(meta, sort_keys=True).encode(),
+            }
             for name, data in item.members.items():
                 if name == "json" or "/" in name:
                     raise ValueError(f"bad member field {name!r}")
@@ -129,7 +139,9 @@ def _write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
-def _parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema | None, meta: dict[bytes, bytes]) -> bytes:
+def _parquet_bytes(
+    rows: list[dict[str, Any]], schema: pa.Schema | None, meta: dict[bytes, bytes]
+) -> bytes:
     table = pa.Table.from_pylist(rows, schema=schema)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     buf = io.BytesIO()
@@ -173,7 +185,9 @@ class _WriteShardFn(beam.DoFn):
                 sizes = FileSystems.match([tar_path])[0].metadata_list
                 if sha and sizes and sizes[0].size_in_bytes == nbytes:
                     beam.metrics.Metrics.counter("shards", "skipped_complete").inc()
-                    yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True)
+                    yield ShardInfo(
+                        f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True
+                    )
                     return
         keyed = [(shard_key(start + i), it) for i, it in enumerate(items)]
         tar = encode_tar(keyed)
@@ -183,7 +197,9 @@ class _WriteShardFn(beam.DoFn):
         ]
         meta = {META_SHA: sha.encode(), META_BYTES: str(len(tar)).encode()}
         pq_bytes = _parquet_bytes(rows, self.schema, meta)
-        if FileSystems.exists(pq_path):  # stale sidecar first: an old .parquet must never vouch for a new tar
+        if FileSystems.exists(
+            pq_path
+        ):  # stale sidecar first: an old .parquet must never vouch for a new tar
             FileSystems.delete([pq_path])
         _write_atomic(tar_path, tar)
         _write_atomic(pq_path, pq_bytes)
@@ -202,8 +218,14 @@ class WriteShards(beam.PTransform):
         overwrite: rewrite shards even when an identical complete one exists.
     """
 
-    def __init__(self, output: str, maxcount: int = 1000, maxsize: int = 512 << 20,
-                 schema: pa.Schema | None = None, overwrite: bool = False):
+    def __init__(
+        self,
+        output: str,
+        maxcount: int = 1000,
+        maxsize: int = 512 << 20,
+        schema: pa.Schema | None = None,
+        overwrite: bool = False,
+    ):
         super().__init__()
         self.output = output
         self.maxcount = maxcount
@@ -224,5 +246,6 @@ class WriteShards(beam.PTransform):
             items
             | "Assign" >> beam.Map(lambda it, p: (shard_for(it.sort_key, p), it), plan_side)
             | "GroupShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)
+            | "Write"
+            >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)
         )

@@ -29,8 +29,17 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
         meta["original_format"] = img.original_format
         meta["original_mode"] = img.original_mode
     return ImageTextPair(
-        key=rec.key, image=img.data, format=img.format, caption=caption, source=rec.source, url=rec.url,
-        width=img.width, height=img.height, sha256=img.sha256, mode=img.mode, metadata=meta,
+        key=rec.key,
+        image=img.data,
+        format=img.format,
+        caption=caption,
+        source=rec.source,
+        url=rec.url,
+        width=img.width,
+        height=img.height,
+        sha256=img.sha256,
+        mode=img.mode,
+        metadata=meta,
     )
 
 
@@ -42,8 +51,13 @@ class _UniqueKeyFn(beam.DoFn):
         pairs = sorted(pairs, key=lambda p: (p.source, p.sha256))
         yield pairs[0]
         for p in pairs[1:]:
-            yield Reject(key=key, stage="unique_keys", reason="duplicate_key",
-                         detail=f"key also used by {pairs[0].source}", source=p.source)
+            yield Reject(
+                key=key,
+                stage="unique_keys",
+                reason="duplicate_key",
+                detail=f"key also used by {pairs[0].source}",
+                source=p.source,
+            )
 
 
 class Ingest(beam.PTransform):

@@ -84,8 +84,15 @@ def pair_to_item(p: ImageTextPair) -> ShardItem:
 
     meta = p.to_dict()
     row = {
-        "pair_key": p.key, "caption": p.caption, "format": p.format, "mode": p.mode, "width": p.width,
-        "height": p.height, "sha256": p.sha256, "source": p.source, "url": p.url,
+        "pair_key": p.key,
+        "caption": p.caption,
+        "format": p.format,
+        "mode": p.mode,
+        "width": p.width,
+        "height": p.height,
+        "sha256": p.sha256,
+        "source": p.source,
+        "url": p.url,
         "metadata_json": json.dumps(p.metadata, sort_keys=True, default=str),
     }
     members = {ext_for(p.format): p.image, "txt": p.caption.encode("utf-8")}

@@ -16,11 +16,26 @@ from apache_beam.io.filesystems import FileSystems
 from mmdata.io.shards import _write_atomic
 
 REJECT_SCHEMA = pa.schema(
-    [("key", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
-     ("source", pa.string())]
+    [
+        ("key", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("source", pa.string()),
+    ]
 )
-VERSIONED = ("mmdata", "apache-beam", "webdataset", "pyarrow", "pillow", "numpy", "torch", "open_clip_torch",
-             "faiss-cpu", "onnxruntime")
+VERSIONED = (
+    "mmdata",
+    "apache-beam",
+    "webdataset",
+    "pyarrow",
+    "pillow",
+    "numpy",
+    "torch",
+    "open_clip_torch",
+    "faiss-cpu",
+    "onnxruntime",
+)
 
 
 class AccountingError(RuntimeError):
@@ -42,15 +57,26 @@ def check_accounting(counts: dict[str, dict[str, Any]], chain: list[str]) -> Non
     for stage, c in counts.items():
         rejected = sum(c["rejected"].values())
         if c["input"] != c["kept"] + rejected:
-            raise AccountingError(f"stage {stage}: input {c['input']} != kept {c['kept']} + rejected {rejected}")
+            raise AccountingError(
+                f"stage {stage}: input {c['input']} != kept {c['kept']} + rejected {rejected}"
+            )
     for a, b in zip(chain, chain[1:], strict=False):
         if a in counts and b in counts and counts[a]["kept"] != counts[b]["input"]:
-            raise AccountingError(f"stage {a} kept {counts[a]['kept']} but stage {b} got {counts[b]['input']}")
+            raise AccountingError(
+                f"stage {a} kept {counts[a]['kept']} but stage {b} got {counts[b]['input']}"
+            )
 
 
 class _FinalizeFn(beam.DoFn):
-    def __init__(self, output: str, job: str, config: dict[str, Any], chain: list[str],
-                 mixture: dict[str, float], notes: list[str]):
+    def __init__(
+        self,
+        output: str,
+        job: str,
+        config: dict[str, Any],
+        chain: list[str],
+        mixture: dict[str, float],
+        notes: list[str],
+    ):
         self.output = output.rstrip("/")
         self.job = job
         self.config = config
@@ -61,7 +87,10 @@ class _FinalizeFn(beam.DoFn):
     def process(self, _, counts, shards, rejects, tasks):
         counts_d = {stage: c for stage, c in sorted(counts)}
         check_accounting(counts_d, self.chain)
-        rows = sorted((r.to_dict() for r in rejects), key=lambda r: (r["stage"], r["key"], r["reason"], r["source"]))
+        rows = sorted(
+            (r.to_dict() for r in rejects),
+            key=lambda r: (r["stage"], r["key"], r["reason"], r["source"]),
+        )
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
         _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
@@ -69,7 +98,11 @@ class _FinalizeFn(beam.DoFn):
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
         task_counts = dict(sorted(tasks))
         total = sum(task_counts.values())
-        mixture = self.mixture or {t: round(n / total, 6) for t, n in task_counts.items()} if total else {}
+        mixture = (
+            self.mixture or {t: round(n / total, 6) for t, n in task_counts.items()}
+            if total
+            else {}
+        )
         manifest = {
             "format": "mmdata-webdataset-v1",
             "mmdata_version": package_versions().get("mmdata", "0"),
@@ -111,8 +144,15 @@ class WriteManifest(beam.PTransform):
         mixture: task mixing ratios; default: the tasks' shares of the samples.
     """
 
-    def __init__(self, output: str, job: str, config: dict[str, Any], chain: list[str],
-                 mixture: dict[str, float] | None = None, notes: list[str] | None = None):
+    def __init__(
+        self,
+        output: str,
+        job: str,
+        config: dict[str, Any],
+        chain: list[str],
+        mixture: dict[str, float] | None = None,
+        notes: list[str] | None = None,
+    ):
         super().__init__()
         self.args = (output, job, config, chain, mixture or {}, notes or [])
 
@@ -121,7 +161,8 @@ class WriteManifest(beam.PTransform):
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])
-            | "Finalize" >> beam.ParDo(
+            | "Finalize"
+            >> beam.ParDo(
                 _FinalizeFn(*self.args),
                 beam.pvalue.AsList(counts),
                 beam.pvalue.AsList(shards),

@@ -9,6 +9,8 @@ refusals to `rejects` (the dead-letter output) (with stage, reason, detail, sour
 
 from __future__ import annotations
 
+import logging
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,10 +21,16 @@ from apache_beam.metrics import Metrics
 from mmdata.core.reasons import Reason
 from mmdata.records import Reject
 
+log = logging.getLogger("mmdata")
+
+
 def _key_and_source(element: Any) -> tuple[str, str]:
     key = getattr(element, "key", None) or getattr(element, "sample_id", None) or ""
     source = getattr(element, "source", None) or getattr(element, "target_source_key", "") or ""
     return str(key), str(source)
+
+
+PROGRESS_EVERY_S = 10.0
 
 
 class _StageFn(beam.DoFn):
@@ -30,6 +38,26 @@ class _StageFn(beam.DoFn):
         self.stage = stage
         self.fn = fn
         self._counters: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        self._seen = self._kept = 0
+        self._t0 = self._last = time.monotonic()
+
+    def _progress(self, kept: bool) -> None:
+        """Long runs show progress: one log line per stage and worker every PROGRESS_EVERY_S seconds."""
+        self._seen += 1
+        self._kept += kept
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            rate = self._seen / max(now - self._t0, 1e-9)
+            log.info(
+                "%s: %d records (%d kept) on this worker, %.0f/s",
+                self.stage,
+                self._seen,
+                self._kept,
+                rate,
+            )
 
     def _inc(self, name: str) -> None:
         if name not in self._counters:
@@ -41,16 +69,21 @@ class _StageFn(beam.DoFn):
         try:
             out = self.fn(element)
         except Exception as e:  # noqa: BLE001 - a bad record must not kill the job
-            out = Reason("unexpected_error", f"{type(e).__name__}: {e} | {traceback.format_exc(limit=3)}")
+            out = Reason(
+                "unexpected_error", f"{type(e).__name__}: {e} | {traceback.format_exc(limit=3)}"
+            )
         if isinstance(out, Reason):
             key, source = _key_and_source(element)
-            out = Reject(key=key, stage=self.stage, reason=out.reason, detail=out.detail, source=source)
+            out = Reject(
+                key=key, stage=self.stage, reason=out.reason, detail=out.detail, source=source
+            )
         if isinstance(out, Reject):
             self._inc(f"rejected_{out.reason}")
-            yield out
+            self._progress(False)
         else:
             self._inc("kept")
-            yield out
+            self._progress(True)
+        yield out
 
 
 class _CountFn(beam.CombineFn):
@@ -114,4 +147,8 @@ class Stage(beam.PTransform):
     def expand(self, pcoll) -> dict[str, beam.PCollection]:
         """Returns {"kept", "rejects", "counts"}."""
         kept, rejects = split_rejects(pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn)))
-        return {"kept": kept, "rejects": rejects, "counts": stage_counts(self.stage, pcoll, kept, rejects)}
+        return {
+            "kept": kept,
+            "rejects": rejects,
+            "counts": stage_counts(self.stage, pcoll, kept, rejects),
+        }

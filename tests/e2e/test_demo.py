@@ -21,18 +21,26 @@ from mmdata.config import DemoConfig, QualityConfig, ShardConfig
 from pipelines import demo
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = {p.name.split(".")[0]: json.loads(p.read_text()) for p in (ROOT / "schemas").glob("*.json")}
+SCHEMAS = {
+    p.name.split(".")[0]: json.loads(p.read_text()) for p in (ROOT / "schemas").glob("*.json")
+}
 
 
 def run_demo(inp: Path, out: Path, beam_args=(), overwrite=False, maxcount=8):
-    cfg = DemoConfig(input=str(inp), output=str(out), shards=ShardConfig(maxcount=maxcount),
-                     quality=QualityConfig(min_side=24))
+    cfg = DemoConfig(
+        input=str(inp),
+        output=str(out),
+        shards=ShardConfig(maxcount=maxcount),
+        quality=QualityConfig(min_side=24),
+    )
     demo.run(cfg, list(beam_args), overwrite=overwrite)
     return json.loads((out / "manifest.json").read_text())
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".parquet")}
+    return {
+        p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.suffix in (".tar", ".parquet")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +85,21 @@ def test_accounting_and_every_bad_input_rejected(corpus, direct_run):
     for stage, c in m["counts"].items():
         assert c["input"] == c["kept"] + sum(c["rejected"].values()), stage
     chain = m["stages"]
-    for a, b in zip(chain, chain[1:]):
+    for a, b in zip(chain, chain[1:], strict=False):
         assert m["counts"][a]["kept"] == m["counts"][b]["input"]
-    rejects = {(r["key"].removeprefix("bad_"), r["reason"]) for r in pq.read_table(out / "rejects.parquet").to_pylist()}
+    rejects = {
+        (r["key"].removeprefix("bad_"), r["reason"])
+        for r in pq.read_table(out / "rejects.parquet").to_pylist()
+    }
     for key, reason in bad.items():
         assert (key, reason) in rejects, (key, reason)
     n_odd = len(imagegen.odd_mode_images())
-    assert m["counts"]["ingest"]["input"] == len(good) + n_odd + len(bad) + 1  # +1: second dup image
-    assert m["totals"]["samples"] == len(good) + n_odd + 1  # one of the two "dup key" images is kept
+    assert (
+        m["counts"]["ingest"]["input"] == len(good) + n_odd + len(bad) + 1
+    )  # +1: second dup image
+    assert (
+        m["totals"]["samples"] == len(good) + n_odd + 1
+    )  # one of the two "dup key" images is kept
     keys = set()
     for s in wds.WebDataset([str(out / s["name"]) for s in m["shards"]], shardshuffle=False):
         keys.add(json.loads(s["json"])["target"]["source_key"])
@@ -99,8 +114,14 @@ def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
     m2 = run_demo(corpus[0], work)
     after = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
-    assert {k: v for k, v in m2.items() if k != "config"} == {k: v for k, v in m.items() if k != "config"}
-    assert all(after[n] == before[n] for n in before if n.endswith((".tar", ".parquet")) and n != "rejects.parquet")
+    assert {k: v for k, v in m2.items() if k != "config"} == {
+        k: v for k, v in m.items() if k != "config"
+    }
+    assert all(
+        after[n] == before[n]
+        for n in before
+        if n.endswith((".tar", ".parquet")) and n != "rejects.parquet"
+    )
     run_demo(corpus[0], work, overwrite=True)
     assert all(after[p.name] != p.stat().st_mtime_ns for p in work.glob("*.tar"))
     assert shard_bytes(work) == shard_bytes(out)
@@ -108,8 +129,11 @@ def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path):
 
 def test_multiprocess_runner_same_bytes(corpus, direct_run, tmp_path):
     out, m = direct_run
-    m2 = run_demo(corpus[0], tmp_path / "mp",
-                  ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    m2 = run_demo(
+        corpus[0],
+        tmp_path / "mp",
+        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+    )
     assert m2["shards"] == m["shards"]
     assert shard_bytes(tmp_path / "mp") == shard_bytes(out)
     assert (tmp_path / "mp" / "manifest.json").read_bytes() != b""
@@ -120,39 +144,81 @@ def test_dask_distributed_runner_same_bytes(corpus, direct_run, tmp_path):
     from distributed import LocalCluster
 
     out, m = direct_run
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
-        m2 = run_demo(corpus[0], tmp_path / "dask", [
-            "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
-            f"--dask_client_address={cluster.scheduler_address}",
-        ])
+    with LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        m2 = run_demo(
+            corpus[0],
+            tmp_path / "dask",
+            [
+                "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                f"--dask_client_address={cluster.scheduler_address}",
+            ],
+        )
     assert m2["counts"] == m["counts"] and m2["shards"] == m["shards"]
     assert shard_bytes(tmp_path / "dask") == shard_bytes(out)
 
 
 def test_cli_demo_and_inspect(corpus, tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "mmdata.cli", "demo", "--input", str(corpus[0] / "good"), "--output", str(out),
-           "--quality.min_side", "24", "--shards.maxcount", "5", "--direct_num_workers=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmdata.cli",
+        "demo",
+        "--input",
+        str(corpus[0] / "good"),
+        "--output",
+        str(out),
+        "--quality.min_side",
+        "24",
+        "--shards.maxcount",
+        "5",
+        "--direct_num_workers=1",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"Output written to: {out}" in res.stdout
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["shards"]["maxcount"] == 5 and all(s["samples"] <= 5 for s in m["shards"])
-    res = subprocess.run([sys.executable, "-m", "mmdata.cli", "inspect", str(out)], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "mmdata.cli", "inspect", str(out)], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     page = (out / "inspect.html").read_text()
-    assert page.count("data:image/png;base64") >= 5 and "Per-stage counts" in page and "quality" in page
-    bad = subprocess.run([sys.executable, "-m", "mmdata.cli", "demo", "--quality.min_sid", "3"],
-                         capture_output=True, text=True)
+    assert (
+        page.count("data:image/png;base64") >= 5
+        and "Per-stage counts" in page
+        and "quality" in page
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "mmdata.cli", "demo", "--quality.min_sid", "3"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0
 
 
 def test_killed_run_leaves_no_partial_shard(corpus, direct_run, tmp_path):
     """SIGKILL the job as soon as shards start to appear; what is visible must be complete."""
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "mmdata.cli", "demo", "--input", str(corpus[0]), "--output", str(out),
-           "--quality.min_side", "24", "--shards.maxcount", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmdata.cli",
+        "demo",
+        "--input",
+        str(corpus[0]),
+        "--output",
+        str(out),
+        "--quality.min_side",
+        "24",
+        "--shards.maxcount",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if out.exists() and any(p.suffix == ".tar" or ".tmp-" in p.name for p in out.iterdir()):

@@ -29,38 +29,72 @@ def _raw(key, data, caption="a caption"):
 def test_ingest_splits_kept_and_rejects_with_metrics():
     good = imagegen.encode(imagegen.photo("coffee", 64))
     records = [
-        _raw("a", good), _raw("b", b""), _raw("c", good, caption=b"\xff\xfe"),
+        _raw("a", good),
+        _raw("b", b""),
+        _raw("c", good, caption=b"\xff\xfe"),
         _raw("a", imagegen.encode(imagegen.photo("rocket", 64))),  # duplicate key
     ]
     p = TestPipeline()
     out = p | beam.Create(records) | Ingest(IngestConfig())
-    assert_that(out["kept"] | "K" >> beam.Map(lambda r: (r.key, r.mode, r.width)), equal_to([("a", "RGB", 64)]),
-                label="kept")
-    assert_that(out["rejects"] | "R" >> beam.Map(lambda r: (r.key, r.stage, r.reason)),
-                equal_to([("b", "ingest", "empty_file"), ("c", "ingest", "caption_not_utf8"),
-                          ("a", "unique_keys", "duplicate_key")]), label="rejects")
-    assert_that(out["counts"], equal_to([
-        ("ingest", {"input": 4, "kept": 2, "rejected": {"caption_not_utf8": 1, "empty_file": 1}}),
-        ("unique_keys", {"input": 2, "kept": 1, "rejected": {"duplicate_key": 1}}),
-    ]), label="counts")
+    assert_that(
+        out["kept"] | "K" >> beam.Map(lambda r: (r.key, r.mode, r.width)),
+        equal_to([("a", "RGB", 64)]),
+        label="kept",
+    )
+    assert_that(
+        out["rejects"] | "R" >> beam.Map(lambda r: (r.key, r.stage, r.reason)),
+        equal_to(
+            [
+                ("b", "ingest", "empty_file"),
+                ("c", "ingest", "caption_not_utf8"),
+                ("a", "unique_keys", "duplicate_key"),
+            ]
+        ),
+        label="rejects",
+    )
+    assert_that(
+        out["counts"],
+        equal_to(
+            [
+                (
+                    "ingest",
+                    {"input": 4, "kept": 2, "rejected": {"caption_not_utf8": 1, "empty_file": 1}},
+                ),
+                ("unique_keys", {"input": 2, "kept": 1, "rejected": {"duplicate_key": 1}}),
+            ]
+        ),
+        label="counts",
+    )
     result = p.run()
     result.wait_until_finish()
-    kept = result.metrics().query(MetricsFilter().with_namespace("ingest").with_name("kept"))["counters"]
+    kept = result.metrics().query(MetricsFilter().with_namespace("ingest").with_name("kept"))[
+        "counters"
+    ]
     assert sum(c.committed for c in kept) == 2
-    rej = result.metrics().query(MetricsFilter().with_namespace("ingest").with_name("rejected_empty_file"))
+    rej = result.metrics().query(
+        MetricsFilter().with_namespace("ingest").with_name("rejected_empty_file")
+    )
     assert sum(c.committed for c in rej["counters"]) == 1
 
 
 def test_quality_filter_counts():
     from mmdata.transforms.ingest import raw_to_pair
 
-    pairs = [raw_to_pair(_raw(f"k{i}", imagegen.encode(img)), IngestConfig()) for i, img in enumerate(
-        [imagegen.photo("astronaut", 96), imagegen.shape(3), imagegen.photo("coffee", 16)])]
+    pairs = [
+        raw_to_pair(_raw(f"k{i}", imagegen.encode(img)), IngestConfig())
+        for i, img in enumerate(
+            [imagegen.photo("astronaut", 96), imagegen.shape(3), imagegen.photo("coffee", 16)]
+        )
+    ]
     with TestPipeline() as p:
         out = p | beam.Create(pairs) | QualityFilter(QualityConfig())
         assert_that(out["kept"] | beam.Map(lambda r: r.key), equal_to(["k0", "k1"]), label="kept")
-        assert_that(out["rejects"] | beam.Map(lambda r: r.reason), equal_to(["too_small"]), label="rej")
-        assert_that(out["kept"] | "q" >> beam.Map(lambda r: sorted(r.metadata["quality"])), is_not_empty())
+        assert_that(
+            out["rejects"] | beam.Map(lambda r: r.reason), equal_to(["too_small"]), label="rej"
+        )
+        assert_that(
+            out["kept"] | "q" >> beam.Map(lambda r: sorted(r.metadata["quality"])), is_not_empty()
+        )
 
 
 def test_read_folder(tmp_path):
@@ -68,18 +102,26 @@ def test_read_folder(tmp_path):
     (tmp_path / "README.md").write_text("ignored")
     with TestPipeline() as p:
         recs = p | ReadFolder(str(tmp_path))
-        assert_that(recs | beam.Map(lambda r: (r.key, r.error is None, r.image is not None)),
-                    equal_to([(k, True, True) for k in keys]))
-        assert_that(recs | "meta" >> beam.Map(lambda r: r.metadata.get("style")) | beam.Filter(bool),
-                    equal_to(["set0", "set1", "set2"]), label="meta")
+        assert_that(
+            recs | beam.Map(lambda r: (r.key, r.error is None, r.image is not None)),
+            equal_to([(k, True, True) for k in keys]),
+        )
+        assert_that(
+            recs | "meta" >> beam.Map(lambda r: r.metadata.get("style")) | beam.Filter(bool),
+            equal_to(["set0", "set1", "set2"]),
+            label="meta",
+        )
 
 
 def test_read_manifest_formats(tmp_path):
     import pyarrow as pa
 
     imagegen.photo("coffee").save(tmp_path / "c.png")
-    rows = [{"path": "c.png", "caption": "coffee", "url": "http://x/c.png"},
-            {"path": "missing.png", "caption": "gone"}, {"caption": "no path"}]
+    rows = [
+        {"path": "c.png", "caption": "coffee", "url": "http://x/c.png"},
+        {"path": "missing.png", "caption": "gone"},
+        {"caption": "no path"},
+    ]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
     (tmp_path / "m.csv").write_text('path,caption\nc.png,"coffee, with\nnewline"\n')
@@ -90,41 +132,81 @@ def test_read_manifest_formats(tmp_path):
     ]:
         with TestPipeline() as p:
             recs = p | ReadManifest(str(tmp_path / name))
-            assert_that(recs | beam.Map(lambda r: r.error[0] if r.error else None), equal_to(expected))
+            assert_that(
+                recs | beam.Map(lambda r: r.error[0] if r.error else None), equal_to(expected)
+            )
 
 
 def test_read_webdataset_with_unsafe_and_failed(tmp_path):
     import pyarrow as pa
 
     jpg = imagegen.encode(imagegen.photo("coffee"), "JPEG")
-    imagegen.img2dataset_tar(tmp_path / "00000.tar", [("000000000", jpg, "coffee"), ("000000001", jpg, "more")],
-                             extra=[("../evil.txt", b"x"), ("/abs.jpg", jpg)])
-    pq.write_table(pa.Table.from_pylist([
-        {"key": "000000000", "url": "u0", "status": "success", "error_message": None, "caption": "coffee"},
-        {"key": "000000002", "url": "u2", "status": "failed_to_download", "error_message": "404", "caption": "x"},
-    ]), tmp_path / "00000.parquet")
+    imagegen.img2dataset_tar(
+        tmp_path / "00000.tar",
+        [("000000000", jpg, "coffee"), ("000000001", jpg, "more")],
+        extra=[("../evil.txt", b"x"), ("/abs.jpg", jpg)],
+    )
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "key": "000000000",
+                    "url": "u0",
+                    "status": "success",
+                    "error_message": None,
+                    "caption": "coffee",
+                },
+                {
+                    "key": "000000002",
+                    "url": "u2",
+                    "status": "failed_to_download",
+                    "error_message": "404",
+                    "caption": "x",
+                },
+            ]
+        ),
+        tmp_path / "00000.parquet",
+    )
     whole = (tmp_path / "00000.tar").read_bytes()
     (tmp_path / "00001.tar").write_bytes(whole[: len(whole) // 3])  # truncated tar
     with TestPipeline() as p:
         recs = p | ReadWebDataset(str(tmp_path / "*.tar"))
         assert_that(
-            recs | beam.Map(lambda r: (r.key, r.error[0] if r.error else None)) | beam.Filter(lambda t: t[1]),
-            equal_to([("evil", "unsafe_tar_member"), ("abs", "unsafe_tar_member"), ("000000002", "download_failed"),
-                      ("000000001", "corrupt_tar"), ("00001_tar", "corrupt_tar")]),
+            recs
+            | beam.Map(lambda r: (r.key, r.error[0] if r.error else None))
+            | beam.Filter(lambda t: t[1]),
+            equal_to(
+                [
+                    ("evil", "unsafe_tar_member"),
+                    ("abs", "unsafe_tar_member"),
+                    ("000000002", "download_failed"),
+                    ("000000001", "corrupt_tar"),
+                    ("00001_tar", "corrupt_tar"),
+                ]
+            ),
         )
 
 
 def _items(n):
-    return [ShardItem(sort_key=f"{i * 7919 % 1000:04d}x", members={"target.png": bytes([i]) * (50 + i)},
-                      meta={"i": i}, row={"i": i}) for i in range(n)]
+    return [
+        ShardItem(
+            sort_key=f"{i * 7919 % 1000:04d}x",
+            members={"target.png": bytes([i]) * (50 + i)},
+            meta={"i": i},
+            row={"i": i},
+        )
+        for i in range(n)
+    ]
 
 
 def test_write_shards_deterministic_and_readable(tmp_path):
     for run in ("a", "b"):
         with TestPipeline() as p:
             infos = p | beam.Create(_items(23)) | WriteShards(str(tmp_path / run), maxcount=10)
-            assert_that(infos | beam.Map(lambda s: (s.name, s.samples)),
-                        equal_to([("00000.tar", 10), ("00001.tar", 10), ("00002.tar", 3)]))
+            assert_that(
+                infos | beam.Map(lambda s: (s.name, s.samples)),
+                equal_to([("00000.tar", 10), ("00001.tar", 10), ("00002.tar", 3)]),
+            )
     for name in ("00000.tar", "00001.tar", "00002.tar", "00000.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     samples = list(wds.WebDataset(str(tmp_path / "a" / "{00000..00002}.tar"), shardshuffle=False))
@@ -143,7 +225,9 @@ def test_write_shards_deterministic_and_readable(tmp_path):
 
 def test_write_shards_maxsize(tmp_path):
     with TestPipeline() as p:
-        infos = p | beam.Create(_items(12)) | WriteShards(str(tmp_path), maxcount=100, maxsize=3 * 1100)
+        infos = (
+            p | beam.Create(_items(12)) | WriteShards(str(tmp_path), maxcount=100, maxsize=3 * 1100)
+        )
         assert_that(infos | beam.Map(lambda s: s.samples), equal_to([3, 3, 3, 3]))
     for t in tmp_path.glob("*.tar"):
         with tarfile.open(t) as tar:
@@ -154,6 +238,7 @@ def test_write_shards_skips_complete(tmp_path):
     def run():
         with TestPipeline() as p:
             p | beam.Create(_items(15)) | WriteShards(str(tmp_path), maxcount=10)
+
     run()
     first = {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
     (tmp_path / "00001.parquet").unlink()  # as if killed between the two renames
@@ -173,6 +258,8 @@ def test_tar_bytes_independent_of_input_order(tmp_path):
         p | beam.Create(items) | WriteShards(str(tmp_path / "x"), maxcount=100)
     with TestPipeline() as p:
         p | beam.Create(_items(9)) | WriteShards(str(tmp_path / "y"), maxcount=100)
-    assert (tmp_path / "x" / "00000.tar").read_bytes() == (tmp_path / "y" / "00000.tar").read_bytes()
+    assert (tmp_path / "x" / "00000.tar").read_bytes() == (
+        tmp_path / "y" / "00000.tar"
+    ).read_bytes()
     buf = io.BytesIO((tmp_path / "x" / "00000.tar").read_bytes())
     assert tarfile.open(fileobj=buf).getnames()[0] == "000000000.json"

@@ -15,7 +15,13 @@ from mmdata.core.keys import slug_key, stable_index
 from mmdata.core.quality import check_quality, quality_metrics
 from mmdata.core.reasons import Reason
 from mmdata.core.tasks import TASKS
-from mmdata.core.templates import Template, TemplateError, check_template, fill_template, load_templates
+from mmdata.core.templates import (
+    Template,
+    TemplateError,
+    check_template,
+    fill_template,
+    load_templates,
+)
 from mmdata.io.shards import plan_shards, shard_for
 
 
@@ -114,11 +120,21 @@ def test_quality_checks():
     cfg = QualityConfig()
     sharp = np.asarray(imagegen.photo("astronaut", 96))
     assert check_quality(quality_metrics(sharp), cfg) is None
-    assert check_quality(quality_metrics(np.full((64, 64, 3), 128, np.uint8)), cfg).reason == "near_uniform"
-    blurred = np.asarray(imagegen.photo("astronaut", 96).resize((8, 8)).resize((96, 96), Image.BILINEAR))
-    assert check_quality(quality_metrics(blurred), QualityConfig(min_laplacian_var=50)).reason == "blurry"
+    assert (
+        check_quality(quality_metrics(np.full((64, 64, 3), 128, np.uint8)), cfg).reason
+        == "near_uniform"
+    )
+    blurred = np.asarray(
+        imagegen.photo("astronaut", 96).resize((8, 8)).resize((96, 96), Image.BILINEAR)
+    )
+    assert (
+        check_quality(quality_metrics(blurred), QualityConfig(min_laplacian_var=50)).reason
+        == "blurry"
+    )
     assert check_quality(quality_metrics(sharp[:10]), cfg).reason == "too_small"
-    assert check_quality(quality_metrics(np.tile(sharp, (1, 4, 1))), cfg).reason == "bad_aspect_ratio"
+    assert (
+        check_quality(quality_metrics(np.tile(sharp, (1, 4, 1))), cfg).reason == "bad_aspect_ratio"
+    )
 
 
 def test_keys():
@@ -134,7 +150,11 @@ def test_shard_plan_respects_limits_and_is_order_free():
     plan = plan_shards(list(reversed(sizes)), maxcount=10, maxsize=10**9)
     assert [c for _, _, c in plan] == [10, 10, 5]
     assert [s for _, s, _ in plan] == [0, 10, 20]
-    assert shard_for("0000", plan) == 0 and shard_for("000a", plan) == 1 and shard_for("0018", plan) == 2
+    assert (
+        shard_for("0000", plan) == 0
+        and shard_for("000a", plan) == 1
+        and shard_for("0018", plan) == 2
+    )
     by_size = plan_shards(sizes, maxcount=100, maxsize=1100)
     assert all(sum(100 + i for i in range(s, s + c)) <= 1100 for _, s, c in by_size)
     assert plan_shards([("a", 10**9)], 10, 100) == [("a", 0, 1)]  # too big alone: own shard
@@ -165,7 +185,9 @@ def test_template_file_errors(tmp_path):
     )
     with pytest.raises(TemplateError, match="missing placeholder"):
         load_templates("txt2img", tmp_path)
-    (tmp_path / "txt2img.yaml").write_text("task: txt2img\ntemplates:\n  - {id: a, text: 'x {caption}'}\n")
+    (tmp_path / "txt2img.yaml").write_text(
+        "task: txt2img\ntemplates:\n  - {id: a, text: 'x {caption}'}\n"
+    )
     with pytest.raises(TemplateError, match="no accepted"):
         load_templates("txt2img", tmp_path)
     with pytest.raises(TemplateError, match="no template file"):

@@ -1,0 +1,172 @@
+"""`make bench-ingest`: images/s of the Beam ingest job (folder -> checked pair shards) against a plain loop.
+
+The corpus: the bundled sample corpus, augmented (8 flips/rotations, more if needed) and resized to web-like
+sizes (JPEG, long side --size px), a few thousand images. The baseline is a plain single-process Python loop
+doing the same work (read image + sidecar, `decode_image` + `clean_caption`, write with `webdataset.TarWriter`)
+measured in the same run. Beam timings are wall-clock of the whole job (graph construction, start-up, manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import webdataset as wds
+from PIL import Image, ImageOps
+
+from mmdata.config import IngestJobConfig, ShardConfig
+from mmdata.core.caption import clean_caption
+from mmdata.core.image import decode_image
+from mmdata.sample import sample_corpus_dir
+
+
+def build_bench_corpus(out: Path, n: int, size: int) -> int:
+    """Write n augmented JPEG + .txt pairs under out; returns how many were written."""
+    src = sorted(p for p in sample_corpus_dir().rglob("*.png"))
+    out.mkdir(parents=True, exist_ok=True)
+    ops = [
+        lambda im: im,
+        ImageOps.mirror,
+        ImageOps.flip,
+        lambda im: im.rotate(90, expand=True),
+        lambda im: im.rotate(180),
+        lambda im: im.rotate(270, expand=True),
+        lambda im: ImageOps.mirror(im.rotate(90, expand=True)),
+        lambda im: ImageOps.flip(im.rotate(90, expand=True)),
+    ]
+    written = 0
+    for rep in range(n // (len(src) * len(ops)) + 1):
+        for i, path in enumerate(src):
+            for j, op in enumerate(ops):
+                if written >= n:
+                    return written
+                im = Image.open(path)
+                if im.mode in ("RGBA", "LA", "P"):
+                    im = im.convert("RGBA")
+                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(bg, im)
+                im = op(im.convert("RGB"))
+                scale = size / max(im.size)
+                im = im.resize(
+                    (max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                    Image.BICUBIC,
+                )
+                if rep:
+                    im = ImageOps.posterize(im, 8 - rep % 4)
+                stem = out / f"{rep:02d}_{i:04d}_{j}"
+                im.save(f"{stem}.jpg", quality=90)
+                meta = path.with_suffix(".json")
+                caption = json.loads(meta.read_text())["caption"] if meta.exists() else path.stem
+                Path(f"{stem}.txt").write_text(caption)
+                written += 1
+    return written
+
+
+def plain_loop(corpus: Path, out: Path, maxcount: int) -> int:
+    """The baseline: one process, same decode and caption rules, TarWriter shards."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = sorted(corpus.glob("*.jpg"))
+    kept = 0
+    shard, tw = -1, None
+    for path in images:
+        data = path.read_bytes()
+        caption = path.with_suffix(".txt").read_bytes()
+        img = decode_image(data)
+        cap = clean_caption(caption)
+        if not hasattr(img, "data") or not isinstance(cap, str):
+            continue
+        if kept % maxcount == 0:
+            if tw:
+                tw.close()
+            shard += 1
+            tw = wds.TarWriter(str(out / f"{shard:05d}.tar"), encoder=False, mtime=0)
+        tw.write(
+            {
+                "__key__": f"{kept:09d}",
+                "jpg": img.data,
+                "txt": cap.encode(),
+                "json": json.dumps(
+                    {"caption": cap, "width": img.width, "height": img.height}
+                ).encode(),
+            }
+        )
+        kept += 1
+    if tw:
+        tw.close()
+    return kept
+
+
+def beam_ingest(corpus: Path, out: Path, maxcount: int, beam_args: list[str]) -> int:
+    from pipelines import ingest
+
+    cfg = IngestJobConfig(input=str(corpus), output=str(out), shards=ShardConfig(maxcount=maxcount))
+    ingest.run(cfg, beam_args, overwrite=True)
+    return json.loads((out / "manifest.json").read_text())["totals"]["samples"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=3000, help="images in the bench corpus")
+    ap.add_argument("--size", type=int, default=384, help="long side of the bench images (px)")
+    ap.add_argument("--maxcount", type=int, default=500)
+    ap.add_argument(
+        "--workdir", default=None, help="keep the corpus and outputs here (default: a temp dir)"
+    )
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="mmdata-bench-"))
+    corpus = work / "corpus"
+    if not corpus.exists() or len(list(corpus.glob("*.jpg"))) != args.n:
+        shutil.rmtree(corpus, ignore_errors=True)
+        build_bench_corpus(corpus, args.n, args.size)
+    n = len(list(corpus.glob("*.jpg")))
+    mb = sum(p.stat().st_size for p in corpus.glob("*.jpg")) / 1e6
+    print(f"bench-ingest: {n} JPEG images (long side {args.size}px, {mb:.1f} MB) in {corpus}")
+
+    runs = [
+        ("plain loop (1 process, TarWriter)", lambda o: plain_loop(corpus, o, args.maxcount)),
+        (
+            "beam DirectRunner, 1 worker",
+            lambda o: beam_ingest(
+                corpus,
+                o,
+                args.maxcount,
+                ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
+            ),
+        ),
+        (
+            "beam DirectRunner, 2 workers (multi_processing)",
+            lambda o: beam_ingest(
+                corpus,
+                o,
+                args.maxcount,
+                ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+            ),
+        ),
+    ]
+    rates = []
+    for i, (name, fn) in enumerate(runs):
+        out = work / f"out{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        kept = fn(out)
+        dt = time.perf_counter() - t0
+        rates.append(kept / dt)
+        print(f"  {name:<50} {kept:>6} kept in {dt:6.2f} s = {kept / dt:8.1f} images/s")
+    base, one, two = rates
+    print(f"ratio beam 1 worker / plain loop:  {one / base:.2f}  (aim >= 0.8)")
+    print(f"ratio beam 2 workers / 1 worker:   {two / one:.2f}  (aim > 1.6)")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
