@@ -119,7 +119,7 @@ def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
     buf = io.BytesIO()
     with wds.TarWriter(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
         for key, item in samples:
-            meta = {"key": key, **item.meta}
+            meta = {**item.meta, "key": key}
             sample: dict[str, Any] = {
                 "__key__": key,
                 "json": json.dumps(meta, sort_keys=True).encode(),

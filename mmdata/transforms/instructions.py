@@ -83,6 +83,7 @@ def pair_to_item(p: ImageTextPair) -> ShardItem:
     from mmdata.core.keys import stable_hash
 
     meta = p.to_dict()
+    meta["pair_key"] = meta.pop("key")  # "key" is the shard key
     row = {
         "pair_key": p.key,
         "caption": p.caption,
