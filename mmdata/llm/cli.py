@@ -18,14 +18,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmdata.core.tasks import TASKS, get_task
 from mmdata.llm import store
-from mmdata.llm.cache import ResponseCache
-from mmdata.llm.client import EndpointConfig, LLMClient, LLMError, api_key_from_env
-from mmdata.llm.generate import DEFAULT_CONCURRENCY, generate
 from mmdata.llm.prompts import Sampling
 from mmdata.llm.validate import DEFAULT_SIMILARITY_THRESHOLD, default_embedder, validate_file
+
+if TYPE_CHECKING:
+    from mmdata.llm.client import EndpointConfig
+
+DEFAULT_CONCURRENCY = 4  # mmdata.llm.generate.DEFAULT_CONCURRENCY, without importing openai here
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class Endpoint:
 @contextlib.contextmanager
 def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
     """Flags > environment > a running local server > `--local` (start one for this command)."""
+    from mmdata.llm.client import EndpointConfig, api_key_from_env
+
     base_url = (
         args.base_url or os.environ.get("MMDATA_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
     )
@@ -98,7 +103,8 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
         )
 
 
-def _print_validation(rep, out=sys.stdout, verbose: bool = False) -> None:
+def _print_validation(rep, out=None, verbose: bool = False) -> None:
+    out = out or sys.stdout
     print(
         f"{rep.task}: checked {rep.checked}, {rep.kept} candidates kept, "
         f"{len(rep.rejected)} rejected"
@@ -117,6 +123,10 @@ def _print_validation(rep, out=sys.stdout, verbose: bool = False) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.llm.cache import ResponseCache
+    from mmdata.llm.client import LLMClient, LLMError
+    from mmdata.llm.generate import generate
+
     sampling = Sampling(
         temperature=args.temperature,
         top_p=args.top_p,

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import openai
 
 from mmdata.llm.cache import ResponseCache, request_hash
@@ -104,7 +103,7 @@ class LLMResult:
     attempts: int = 1
 
 
-def _retry_after_seconds(headers: httpx.Headers | None) -> float | None:
+def _retry_after_seconds(headers: Any) -> float | None:
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
@@ -166,7 +165,7 @@ class LLMClient:
         self._client = openai.OpenAI(
             base_url=config.base_url,
             api_key=config.api_key or "sk-no-key-required",
-            timeout=httpx.Timeout(config.timeout, connect=min(10.0, config.timeout)),
+            timeout=config.timeout,
             max_retries=0,
         )
 

@@ -147,12 +147,12 @@ def generate(
                     "max_tokens": sampling.max_tokens,
                     "seed": body["seed"],
                     "n_shots": sampling.n_shots,
+                    "shuffle_every": sampling.shuffle_every,
                     **({"stop": body["stop"]} if "stop" in body else {}),
                 },
                 "date": dt.date.today().isoformat(),
             },
         )
-        report.added.append(tid)
 
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llm")
     pending: set[Future] = set()
@@ -184,6 +184,7 @@ def generate(
             fut.cancel()
         pool.shutdown(wait=not report.interrupted, cancel_futures=True)
         flush()
+        report.added = [new_entries[i].id for i in sorted(new_entries)]
         report.elapsed_s = time.monotonic() - start
         report.sent = client.requests_sent - sent_before
         report.retries = dict(client.retries)

@@ -26,8 +26,11 @@ SYSTEM_PROMPT = "You write short instructions for an image-generation model."
 class Sampling:
     temperature: float = 0.8
     top_p: float = 0.95
-    max_tokens: int = 64
-    n_shots: int = 6
+    max_tokens: int = 48
+    n_shots: int = 8
+    # Consecutive seeds share one example order, so a local server reuses the evaluated prompt
+    # (llama.cpp keeps the KV cache of the longest common prefix): only the reply is computed.
+    shuffle_every: int = 10
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +88,7 @@ def request_body(
     route: str, spec: TaskSpec, examples: list[str], sampling: Sampling, seed: int
 ) -> dict:
     """The JSON body (without `model`) of one request."""
-    shots = pick_examples(examples, sampling.n_shots, seed)
+    shots = pick_examples(examples, sampling.n_shots, seed // max(1, sampling.shuffle_every))
     body: dict = {
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,

@@ -172,7 +172,7 @@ class LocalLLMServer:
             import llama_cpp  # noqa: F401
         except ImportError:
             raise RuntimeError(INSTALL_HINT) from None
-        model = self.model or model_path()
+        model = self.model = self.model or model_path()
         self.port = self.port or free_port(self.host)
         cmd = server_command(model, self.host, self.port, self.alias, self.n_ctx, self.n_threads)
         log_path = self.log_path or (cache_root() / "llm-server.log")
@@ -262,11 +262,12 @@ def running_server() -> dict | None:
     return state
 
 
-def start_background(port: int | None = None) -> dict:
+def start_background(port: int | None = None, model: str | Path | None = None) -> dict:
+    """Start a detached server (or return the one already running) and record it."""
     state = running_server()
     if state is not None:
         return state
-    srv = LocalLLMServer(port=port).start(detach=True)
+    srv = LocalLLMServer(port=port, model=model).start(detach=True)
     state = {
         "pid": srv.proc.pid,
         "base_url": srv.base_url,

@@ -3,7 +3,7 @@ and (session-wide) the real local llama.cpp server on a free loopback port."""
 
 from __future__ import annotations
 
-import shutil
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,10 +13,29 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def templates_copy(tmp_path: Path) -> Path:
-    """The repository's templates/ copied to a temporary folder (tests write there)."""
+    """The repository's seed templates copied to a temporary folder (tests write there); grown,
+    candidate and rejected entries are left out, so tests see the same prompts whatever the
+    shipped set holds."""
+    from mmdata.llm import store
+
     dst = tmp_path / "templates"
-    shutil.copytree(REPO / "templates", dst)
+    dst.mkdir()
+    for path in sorted((REPO / "templates").glob("*.yaml")):
+        tf = store.load_path(path)
+        tf.templates = [t for t in tf.with_status("accepted") if t.source == "seed"]
+        store.save(tf, dst / path.name)
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """`mmdata.cli.main` configures logging onto the (captured) stderr of the test that calls it;
+    put the root handlers back so later tests do not write to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -1,0 +1,299 @@
+"""Fault injection: a local HTTP server that misbehaves on purpose (timeouts, 429 with Retry-After,
+500, malformed JSON, empty choices, a model that drops or invents markers, wrong model, no server).
+Every run either completes or fails with a clear message, and no invalid template is accepted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from llm.llm_fault_server import FaultServer
+
+from mmdata.cli import main as mmdata_main
+from mmdata.core.tasks import get_task
+from mmdata.llm import review, store
+from mmdata.llm.cache import ResponseCache
+from mmdata.llm.client import (
+    EndpointConfig,
+    EndpointUnreachable,
+    LLMClient,
+    ModelNotFound,
+    RequestFailed,
+)
+from mmdata.llm.generate import generate
+from mmdata.llm.server import free_port
+from mmdata.llm.validate import validate_file
+
+EDGE = get_task("edge2img")
+GOOD = "Paint {caption} along the lines of [ref#1]."
+
+
+def _client(url, cache_dir=None, route="completion", **kw) -> LLMClient:
+    cfg = EndpointConfig(
+        url,
+        "fake-model",
+        route,
+        timeout=kw.pop("timeout", 5.0),
+        max_retries=kw.pop("max_retries", 3),
+        backoff_base=0.01,
+        backoff_max=0.05,
+        **kw,
+    )
+    return LLMClient(cfg, ResponseCache(cache_dir, enabled=cache_dir is not None))
+
+
+def _varied(body: dict) -> str:
+    """A well-behaved model: a distinct valid rephrasing per seed."""
+    return f" Paint {{caption}} along the lines of [ref#1], version {body['seed']}."
+
+
+@pytest.mark.parametrize("route", ["completion", "chat"])
+def test_transient_faults_are_retried(templates_copy, route):
+    script = [
+        ("sleep", 1.5, GOOD),  # times out (client timeout 0.5 s), retried
+        ("500",),
+        ("malformed",),
+        ("empty",),
+        ("429", None),  # no Retry-After: plain backoff
+    ]
+    with FaultServer(script, default=("ok", _varied)) as srv:
+        client = _client(srv.base_url, route=route, timeout=0.5, max_retries=6)
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, client, 1, concurrency=1)
+    assert rep.responses == 1 and not rep.failed
+    assert rep.retries == {"timeout": 1, "5xx": 1, "bad_response": 2, "429": 1}
+    assert len(rep.added) == 1 and tf.by_id()[rep.added[0]].status == "candidate"
+    # the request body went to the route asked for
+    assert all(
+        r["path"].endswith("chat/completions" if route == "chat" else "/completions")
+        for r in srv.requests
+    )
+
+
+def test_429_retry_after_is_honoured():
+    with FaultServer([("429", 1)], default=("ok", GOOD)) as srv:
+        client = _client(srv.base_url)
+        res = client.request({"prompt": "x", "seed": 1})
+    assert res.text == GOOD and res.attempts == 2
+    waited = srv.requests[1]["t"] - srv.requests[0]["t"]
+    assert 1.0 <= waited < 2.0  # the server's 1 s, not the 0.01 s backoff
+
+
+def test_persistent_failures_fail_the_request_not_the_run(templates_copy):
+    # request 0 always gets 500 (4 attempts), the others answer
+    script = [("500",)] * 4
+    with FaultServer(script, default=("ok", _varied)) as srv:
+        client = _client(srv.base_url, max_retries=3)
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, client, 3, concurrency=1)
+    assert list(rep.failed) == [0] and "server error (HTTP 500)" in rep.failed[0]
+    assert "gave up after 4 attempts" in rep.failed[0]
+    assert rep.responses == 2 and len(rep.added) == 2
+
+    with FaultServer([], default=("malformed",)) as srv:
+        client = _client(srv.base_url, max_retries=1)
+        with pytest.raises(RequestFailed, match="bad response"):
+            client.request({"prompt": "x"})
+
+
+def test_all_requests_failing_gives_clear_cli_error(templates_copy, cache_dir, capsys):
+    with FaultServer([], default=("empty",), models=["fake-model"]) as srv:
+        rc = mmdata_main(
+            [
+                "templates",
+                "generate",
+                "--task",
+                "edge2img",
+                "--n",
+                "2",
+                "--base-url",
+                srv.base_url,
+                "--model",
+                "fake-model",
+                "--mode",
+                "completion",
+                "--max-retries",
+                "1",
+                "--templates-dir",
+                str(templates_copy),
+                "--cache-dir",
+                str(cache_dir),
+                "--no-embed",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert rc == 2 and "every request failed" in err and "response has no choices" in err
+
+
+def test_unreachable_endpoint_is_a_clear_error(templates_copy, capsys):
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    client = _client(url)
+    with pytest.raises(EndpointUnreachable, match="cannot reach the LLM endpoint at " + url):
+        client.check_model()
+    with pytest.raises(EndpointUnreachable, match="--base-url"):
+        client.request({"prompt": "x"})
+    rc = mmdata_main(
+        [
+            "templates",
+            "generate",
+            "--task",
+            "edge2img",
+            "--n",
+            "2",
+            "--base-url",
+            url,
+            "--model",
+            "m",
+            "--templates-dir",
+            str(templates_copy),
+            "--no-cache",
+        ]
+    )
+    assert rc == 2 and "cannot reach the LLM endpoint" in capsys.readouterr().err
+
+
+def test_wrong_model_name_is_a_clear_error(templates_copy, capsys):
+    with FaultServer([("404model",)], models=["served-model"]) as srv:
+        client = _client(srv.base_url)  # asks for "fake-model"
+        with pytest.raises(ModelNotFound, match="'fake-model' is not served .* served-model"):
+            client.check_model()
+        with pytest.raises(ModelNotFound, match="HTTP 404"):
+            client.request({"prompt": "x"})  # endpoints without a listing say it per request
+        rc = mmdata_main(
+            [
+                "templates",
+                "generate",
+                "--task",
+                "edge2img",
+                "--base-url",
+                srv.base_url,
+                "--model",
+                "nope",
+                "--templates-dir",
+                str(templates_copy),
+                "--no-cache",
+            ]
+        )
+    assert rc == 2 and "model 'nope' is not served" in capsys.readouterr().err
+
+
+def test_dropped_and_invented_markers_are_never_accepted(templates_copy):
+    replies = iter(
+        [
+            " Paint {caption} nicely.",  # drops [ref#1]
+            " Paint {caption} from [ref#1] and [ref#2].",  # invents [ref#2]
+            " Paint {caption} from [ref#1] in {style}.",  # invents a placeholder
+            " Paint the thing from [ref#1].",  # drops {caption}
+            " Paint {caption} from [ref#1].<end_of_turn>",  # chat framing leaks
+            " Paint {caption} along the outline of [ref#1].",  # fine
+        ]
+    )
+    with FaultServer([], default=("ok", lambda body: next(replies))) as srv:
+        client = _client(srv.base_url)
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, client, 6, concurrency=1)
+    vrep = validate_file(tf, EDGE, embedder=None)
+    assert vrep.kept == 1 and len(vrep.rejected) == 5
+    reasons = {f.text: f.reasons for f in vrep.rejected}
+    assert reasons["Paint {caption} nicely."] == ["missing_marker: [ref#1]"]
+    assert reasons["Paint {caption} from [ref#1] and [ref#2]."] == ["unknown_marker: [ref#2]"]
+    assert "unknown_placeholder: {style}" in reasons["Paint {caption} from [ref#1] in {style}."]
+    # a reviewer accepting everything still gets only the valid one
+    decisions = [{"id": tid, "decision": "accept"} for tid in rep.added]
+    rrep = review.apply_decisions(tf, EDGE, decisions, reviewer="t")
+    assert len(rrep.accepted) == 1 and len(rrep.refused) == 5
+    assert [t.text for t in tf.with_status("accepted") if t.id in rep.added] == [
+        "Paint {caption} along the outline of [ref#1]."
+    ]
+
+
+def test_concurrency_limit_and_cache_rerun(templates_copy, cache_dir):
+    with FaultServer(
+        [], default=("ok", lambda b: (__import__("time").sleep(0.2), _varied(b))[1])
+    ) as srv:
+        client = _client(srv.base_url, cache_dir)
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, client, 8, concurrency=3)
+        assert srv.max_in_flight == 3 and rep.sent == 8 and len(rep.added) == 8
+        first = store.dumps(tf)
+        # rerun: everything from the cache, nothing sent, same candidates
+        tf2 = store.load("edge2img", templates_copy)
+        client2 = _client(srv.base_url, cache_dir)
+        rep2 = generate(tf2, EDGE, client2, 8, concurrency=3)
+        assert rep2.sent == 0 and rep2.cached == 8 and rep2.added == rep.added
+        assert store.dumps(tf2) == first
+        assert len(srv.requests) == 8
+
+
+def test_interrupt_keeps_partial_progress(templates_copy, cache_dir):
+    saved = []
+
+    def progress(done, total):
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with FaultServer([], default=("ok", _varied)) as srv:
+        client = _client(srv.base_url, cache_dir)
+        tf = store.load("edge2img", templates_copy)
+        with pytest.raises(KeyboardInterrupt):
+            generate(
+                tf,
+                EDGE,
+                client,
+                10,
+                concurrency=1,
+                progress=progress,
+                save=lambda f: saved.append(store.save(f)),
+            )
+        on_disk = store.load("edge2img", templates_copy)
+        assert len(on_disk.with_status("candidate")) == 3 and saved
+        # resume: the 3 cached responses cost nothing, only the other 7 are sent
+        before = len(srv.requests)
+        rep = generate(on_disk, EDGE, _client(srv.base_url, cache_dir), 10, concurrency=2)
+        # (a request in flight at the interrupt may have finished and been cached too)
+        assert len(srv.requests) == 10 and rep.cached == before and rep.sent == 10 - before
+        assert len(on_disk.with_status("candidate")) == 10
+
+
+def test_api_key_never_lands_in_files_or_output(
+    templates_copy, cache_dir, capsys, caplog, monkeypatch
+):
+    secret = "sk-test-very-secret-0123456789"
+    monkeypatch.setenv("MMDATA_LLM_API_KEY", secret)
+    with FaultServer([("500",)], default=("ok", _varied)) as srv:
+        rc = mmdata_main(
+            [
+                "-v",
+                "templates",
+                "generate",
+                "--task",
+                "edge2img",
+                "--n",
+                "2",
+                "--base-url",
+                srv.base_url,
+                "--model",
+                "fake-model",
+                "--mode",
+                "completion",
+                "--templates-dir",
+                str(templates_copy),
+                "--cache-dir",
+                str(cache_dir),
+                "--no-embed",
+            ]
+        )
+    assert rc == 0
+    headers = {k.lower(): v for k, v in srv.requests[0]["headers"].items()}
+    assert headers["authorization"] == f"Bearer {secret}"  # it was used
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + caplog.text
+    for path in list(templates_copy.rglob("*")) + list(cache_dir.rglob("*")):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path
+    entry = store.load("edge2img", templates_copy).with_status("candidate")[0]
+    prov = entry.provenance
+    assert prov["model"] == "fake-model" and prov["endpoint_kind"] == "completion"
+    assert len(prov["prompt_sha256"]) == 64 and prov["sampling"]["seed"] in (0, 1)
+    assert prov["sampling"]["stop"] == ["\n"] and prov["date"]
+    assert json.dumps(prov)  # plain data
