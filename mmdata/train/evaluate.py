@@ -62,6 +62,7 @@ class EvalConfig:
     seed: int = 0
     device: str = "auto"
     tasks: list[str] = field(default_factory=list)  # empty = every task in the shards
+    model_backends: bool = True  # False: only the self-contained proxies (no mmdata.models)
 
 
 # -- feature extractors --------------------------------------------------------------------------------
@@ -99,17 +100,27 @@ class InceptionFeatures:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """FID between two feature sets (N, D)."""
-    from scipy import linalg
+    """FID between two feature sets (N, D), computed exactly without `sqrtm`.
 
+    tr sqrt(S1 S2) equals the nuclear norm of S1^1/2 S2^1/2; with centred features A, B
+    (S1 = A'A / (n1 - 1)) it is also the nuclear norm of A B' / sqrt((n1 - 1)(n2 - 1)), an n1 x n2
+    matrix: small for evaluation-sized sets, so no 2048 x 2048 matrix square root is needed.
+    """
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    ca, cb = a - mu1, b - mu2
+    n1, n2 = len(a) - 1, len(b) - 1
+    tr1, tr2 = (ca**2).sum() / n1, (cb**2).sum() / n2
+    if max(len(a), len(b)) <= a.shape[1]:
+        cross = np.linalg.svd(ca @ cb.T / np.sqrt(n1 * n2), compute_uv=False).sum()
+    else:
+        r1, r2 = _psd_sqrt(ca.T @ ca / n1), _psd_sqrt(cb.T @ cb / n2)
+        cross = np.linalg.svd(r1 @ r2, compute_uv=False).sum()
+    return float(((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * cross)
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -201,8 +212,10 @@ class Backends:
     features: Callable | None
 
     @classmethod
-    def load(cls, device: torch.device) -> Backends:
+    def load(cls, device: torch.device, model_backends: bool = True) -> Backends:
         dev = "cuda" if device.type == "cuda" else "cpu"
+        if not model_backends:
+            return cls(InceptionFeatures(device), None, None, None, None)
         return cls(
             inception=InceptionFeatures(device),
             mask=_handler_fn("mmdata.models.u2net", "U2NetMaskHandler", dev),
@@ -294,7 +307,7 @@ def evaluate(ec: EvalConfig, text_encoder: TextEncoder | None = None) -> dict[st
     data_cfg = cfg.data
     data_cfg.num_workers = 0
     stream = ShardStream(urls, data_cfg, ec.batch_size, size, repeat=False, shuffle=False)
-    backends = Backends.load(device)
+    backends = Backends.load(device, ec.model_backends)
     out_dir = Path(ec.output)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,206 @@
+"""`mmdata train`, `mmdata sample`, `mmdata evaluate` and the evaluation proxies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from trainfix import draw, tiny_model
+
+from mmdata.cli import main
+from mmdata.train import checkpoint as ckpt
+from mmdata.train.evaluate import (
+    Backends,
+    EvalConfig,
+    InceptionFeatures,
+    border_contrast_mask,
+    canny_edges,
+    edge_f1,
+    evaluate,
+    frechet_distance,
+    iou,
+    score_sample,
+)
+from mmdata.train.generate import read_instructions
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, stage2_dir: Path, text_encoder) -> Path:
+    """A tiny stage-2 run trained through `mmdata train` (in-process, reusing the loaded encoder)."""
+    from mmdata.train import loop
+
+    out = tmp_path_factory.mktemp("cli_run")
+    m = tiny_model()
+    original = loop.TextEncoder
+    loop.TextEncoder = lambda cfg, device: text_encoder  # reuse the session's MiniLM (same weights)
+    try:
+        rc = main(
+            [
+                "train",
+                "--shards",
+                str(stage2_dir),
+                "--output",
+                str(out),
+                "--stage",
+                "2",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "4",
+                "--set",
+                f"model.image_size={m.image_size}",
+                "--set",
+                f"model.base_channels={m.base_channels}",
+                "--set",
+                "model.channel_mults=[1,2]",
+                "--set",
+                "model.num_res_blocks=1",
+                "--set",
+                "model.attention_levels=[1]",
+                "--set",
+                "model.head_channels=16",
+                "--set",
+                "model.cond_dim=32",
+                "--set",
+                "data.num_workers=0",
+                "--set",
+                "progress=false",
+                "--set",
+                "log_every=2",
+                "--mixture",
+                '{"edge2img": 0.5, "mask2img": 0.5}',
+            ]
+        )
+    finally:
+        loop.TextEncoder = original
+    assert rc == 0
+    return out
+
+
+def test_train_command_writes_a_checkpoint(run_dir: Path) -> None:
+    path = ckpt.latest_checkpoint(run_dir)
+    assert path is not None and path.name == "step_00000004"
+    cfg = ckpt.read_config(path)
+    assert cfg.stage == 2 and cfg.data.mixture == {"edge2img": 0.5, "mask2img": 0.5}
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert set().union(*(r["tasks"] for r in log)) <= {"edge2img", "mask2img"}
+
+
+def test_sample_command(run_dir: Path, tmp_path: Path) -> None:
+    edge = draw("red", "circle", 16, np.random.default_rng(0))
+    edge.save(tmp_path / "edge.png")
+    instr = [
+        {
+            "instruction": "Draw [ref#1] as a red circle",
+            "num_images": 2,
+            "seed": 3,
+            "context": [
+                {
+                    "marker": "[ref#1]",
+                    "text": "[ref#1] edge map",
+                    "image": "edge.png",
+                    "role": "edge",
+                }
+            ],
+        },
+        {"instruction": "a blue square"},
+    ]
+    (tmp_path / "instr.json").write_text(json.dumps(instr))
+    out = tmp_path / "images"
+    args = [
+        "sample",
+        "--checkpoint",
+        str(run_dir),
+        "--instruction",
+        str(tmp_path / "instr.json"),
+        "--output",
+        str(out),
+        "--steps",
+        "3",
+    ]
+    assert main(args) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["0000_00.png", "0000_01.png", "0001_00.png"]
+    assert Image.open(out / "0000_00.png").size == (16, 16)
+    first = np.asarray(Image.open(out / "0000_00.png"))
+    assert main(args) == 0  # same seed, same images
+    assert np.array_equal(first, np.asarray(Image.open(out / "0000_00.png")))
+
+
+def test_instruction_markers_must_match(tmp_path: Path) -> None:
+    bad = {
+        "instruction": "use [ref#1] and [ref#2]",
+        "context": [{"marker": "[ref#1]", "image": "x.png"}],
+    }
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="one to one"):
+        read_instructions(tmp_path / "bad.json")
+
+
+def test_evaluate_writes_figures_and_grid(
+    run_dir: Path, stage2_dir: Path, tmp_path: Path, text_encoder
+) -> None:
+    ec = EvalConfig(
+        checkpoint=str(ckpt.latest_checkpoint(run_dir)),
+        shards=[str(stage2_dir)],
+        output=str(tmp_path / "eval"),
+        num_samples=8,
+        batch_size=8,
+        steps=2,
+        model_backends=False,
+    )
+    figures = evaluate(ec, text_encoder)
+    saved = json.loads((tmp_path / "eval" / "figures.json").read_text())
+    assert saved["num_samples"] == 8 and np.isfinite(saved["fid"]) and saved["fid"] >= 0
+    per = figures["per_task"]
+    assert set(per) == {"txt2img", "edge2img", "mask2img", "retrieval"}
+    assert 0 <= per["edge2img"]["edge_f1_canny"] <= 1 and 0 <= per["mask2img"]["mask_iou"] <= 1
+    assert "neighbour_feature_similarity" in per["retrieval"]
+    assert saved["backends"]["mask"] == "border-contrast proxy"
+    assert all("target_feature_similarity" in v for v in per.values())
+    grid = Image.open(tmp_path / "eval" / "grid.png")
+    assert grid.size == (5 * 16, 8 * 16)  # up to 3 context + target + generated per row
+
+
+def test_proxies_on_known_images() -> None:
+    img = np.asarray(draw("blue", "square", 48, np.random.default_rng(0)))
+    edges = canny_edges(img)
+    assert edge_f1(edges, edges) == 1.0 and edge_f1(edges, np.zeros_like(edges)) == 0.0
+    mask = border_contrast_mask(img)
+    truth = np.asarray(img).astype(int)
+    truth = (truth.max(-1) - truth.min(-1)) > 100
+    assert iou(mask, truth) > 0.9
+
+
+def test_fid_inception_features() -> None:
+    feats = InceptionFeatures(__import__("torch").device("cpu"))
+    rng = np.random.default_rng(0)
+    a = np.stack([np.asarray(draw("red", "circle", 32, rng)) for _ in range(6)])
+    b = np.stack([np.asarray(draw("green", "triangle", 32, rng)) for _ in range(6)])
+    fa, fb = feats(a), feats(b)
+    assert fa.shape == (6, 2048)
+    assert frechet_distance(fa, fa) < 1e-3 * frechet_distance(fa, fb)
+
+
+def test_model_backends_score_controls() -> None:
+    """With mmdata.models' U2-Netp / HED / style / EfficientNet backends (offline weights)."""
+    import torch
+
+    b = Backends.load(torch.device("cpu"))
+    assert b.names()["mask"] == "u2netp" and b.names()["style"] == "ghiasi style vector"
+    rng = np.random.default_rng(0)
+    img = np.asarray(draw("red", "circle", 64, rng))
+    truth = img.astype(int)
+    mask = np.repeat(
+        (((truth.max(-1) - truth.min(-1)) > 100) * 255).astype(np.uint8)[..., None], 3, -1
+    )
+    edge = np.repeat((canny_edges(img) * 255).astype(np.uint8)[..., None], 3, -1)
+    feat = np.zeros(2048)
+    s = score_sample(
+        img, ["mask", "edge", "style", "subject"], [mask, edge, img, img], b, feat, [feat] * 4
+    )
+    assert s["mask_iou"] > 0.8 and s["edge_f1_canny"] == 1.0 and 0 <= s["edge_f1_hed"] <= 1
+    assert s["style_vector_similarity"] > 0.99 and s["subject_feature_similarity"] > 0.99
