@@ -82,6 +82,29 @@ def sample_dropout(
     return both, both | ctx_only
 
 
+def diffusion_loss(
+    model: torch.nn.Module,
+    batch: dict[str, Any],
+    text_encoder: TextEncoder,
+    acp: torch.Tensor,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """The training objective on one loader batch: condition dropout, noising, MSE on the noise."""
+    n = batch["target"].shape[0]
+    cond = encode_conditioning(batch, text_encoder, device)
+    drop_text, drop_ctx = sample_dropout(
+        n, cfg.drop_text_and_context, cfg.drop_context, gen, device
+    )
+    cond = cond.drop(text=drop_text, context=drop_ctx)
+    x0 = to_unit(batch["target"].to(device, non_blocking=True))
+    t = torch.randint(0, len(acp), (n,), generator=gen, device=device)
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    pred = model(q_sample(x0, t, noise, acp), t, cond)
+    return F.mse_loss(pred.float(), noise)
+
+
 class EMA:
     """Exponential moving average of a model's parameters and buffers (float32 copies)."""
 
@@ -241,19 +264,8 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
 
         torch.manual_seed(step_seed(cfg.seed, rank, step, "torch"))  # nn.Dropout etc.
         gen.manual_seed(step_seed(cfg.seed, rank, step))
-        cond = encode_conditioning(batch, text_encoder, device)
-        drop_text, drop_ctx = sample_dropout(
-            n, cfg.drop_text_and_context, cfg.drop_context, gen, device
-        )
-        cond = cond.drop(text=drop_text, context=drop_ctx)
-        x0 = to_unit(batch["target"].to(device, non_blocking=True))
-        t = torch.randint(0, len(acp), (n,), generator=gen, device=device)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        xt = q_sample(x0, t, noise, acp)
-
         with acc.autocast():
-            pred = model(xt, t, cond)
-        loss = F.mse_loss(pred.float(), noise)
+            loss = diffusion_loss(model, batch, text_encoder, acp, cfg, gen, device)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
