@@ -7,7 +7,8 @@
 - `ReadWebDataset(pattern)`: tar shards as img2dataset writes them (`NNNNN.tar` with `<key>.jpg|png|webp`,
   `<key>.txt`, `<key>.json`, and a same-stem `.parquet` whose failed downloads become rejects).
 
-Readers never raise on bad data: a record they already know is bad carries `error=(reason, detail)` and becomes
+Every record's `source` is unique (a file path, `manifest#row`, `tar::key`), so a duplicate key is always
+resolvable. Readers never raise on bad data: a record they already know is bad carries `error=(reason, detail)` and becomes
 a reject in the ingest stage. Every path goes through `apache_beam.io.filesystems`, so gs:// and s3:// work
 where the matching Beam extras are installed.
 """
@@ -241,10 +242,11 @@ class _ManifestRowFn(beam.DoFn):
             return
         if "://" not in path and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
+        metadata["path"] = path
         if not FileSystems.exists(path):
             yield RawRecord(
                 key=key,
-                source=path,
+                source=f"{manifest}#{i}",
                 image=None,
                 caption=caption,
                 metadata=metadata,
@@ -254,7 +256,7 @@ class _ManifestRowFn(beam.DoFn):
         image, error = _read_bytes(path, None, cfg.max_file_bytes)
         yield RawRecord(
             key=key,
-            source=path,
+            source=f"{manifest}#{i}",
             image=image,
             caption=caption,
             metadata=metadata,
@@ -321,14 +323,19 @@ class _TarFn(beam.DoFn):
             )
             status = {}
         seen_ok: set[str] = set()
+        repeats: list[str] = []
         group: dict[str, bytes] = {}
         group_key: str | None = None
 
         def flush() -> Iterator[RawRecord]:
             if group_key is None:
                 return
+            rec = self._record(tar_path, group_key, dict(group), status.get(group_key))
+            if group_key in seen_ok:  # the same key twice in one tar: keep the sources distinct
+                rec.source += f"#{sum(1 for k in repeats if k == group_key) + 1}"
+                repeats.append(group_key)
             seen_ok.add(group_key)
-            yield self._record(tar_path, group_key, dict(group), status.get(group_key))
+            yield rec
 
         try:
             with FileSystems.open(tar_path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:

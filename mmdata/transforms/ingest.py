@@ -43,20 +43,33 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
     )
 
 
-class _UniqueKeyFn(beam.DoFn):
-    """(key, [pairs]) -> the pair from the smallest source; the others are `duplicate_key` rejects."""
+def _losers(element: tuple[str, list[tuple[str, str]]]) -> Iterator[tuple[tuple[str, str], str]]:
+    """(key, [(source, sha256)]) -> ((key, source), winner source) for every record but the first."""
+    key, ids = element
+    ids = sorted(ids)
+    for source, _ in ids[1:]:
+        yield (key, source), ids[0][0]
 
-    def process(self, element) -> Iterator:
-        key, pairs = element
-        pairs = sorted(pairs, key=lambda p: (p.source, p.sha256))
-        yield pairs[0]
-        for p in pairs[1:]:
+
+class _MarkDuplicatesFn(beam.DoFn):
+    """Pairs whose (key, source) lost to another record with the same key become `duplicate_key` rejects."""
+
+    def __init__(self) -> None:
+        self._cache: tuple[int, dict] | None = None
+
+    def process(self, pair: ImageTextPair, losers: list) -> Iterator:
+        if self._cache is None or self._cache[0] != id(losers):
+            self._cache = (id(losers), dict(losers))
+        winner = self._cache[1].get((pair.key, pair.source))
+        if winner is None:
+            yield pair
+        else:
             yield Reject(
-                key=key,
+                key=pair.key,
                 stage="unique_keys",
                 reason="duplicate_key",
-                detail=f"key also used by {pairs[0].source}",
-                source=p.source,
+                detail=f"key also used by {winner}",
+                source=pair.source,
             )
 
 
@@ -74,11 +87,15 @@ class Ingest(beam.PTransform):
         cfg = self.cfg
         decoded = raw | "Decode" >> Stage("ingest", lambda r: raw_to_pair(r, cfg))
         pairs = decoded["kept"]
-        uniq, dups = split_rejects(
+        # Only (key, source, sha256) are shuffled to find duplicates; the image bytes never are.
+        losers = (
             pairs
-            | "ByKey" >> beam.Map(lambda p: (p.key, p))
+            | "Ids" >> beam.Map(lambda p: (p.key, (p.source, p.sha256)))
             | "GroupKey" >> beam.GroupByKey()
-            | "Unique" >> beam.ParDo(_UniqueKeyFn())
+            | "Losers" >> beam.FlatMap(_losers)
+        )
+        uniq, dups = split_rejects(
+            pairs | "Unique" >> beam.ParDo(_MarkDuplicatesFn(), beam.pvalue.AsList(losers))
         )
         counts = (
             decoded["counts"],

@@ -85,4 +85,5 @@ def test_ingest_manifest_source(tmp_path):
     assert sorted(r["reason"] for r in rejects) == ["caption_empty", "missing_file", "truncated_image"]
     (s,) = list(wds.WebDataset(str(tmp_path / "out" / "00000.tar"), shardshuffle=False))
     meta = json.loads(s["json"])
-    assert meta["caption"] == "a cat" and meta["metadata"] == {"license": "CC0"} and meta["mode"] == "RGB"
+    assert meta["caption"] == "a cat" and meta["metadata"]["license"] == "CC0" and meta["mode"] == "RGB"
+    assert meta["metadata"]["path"].endswith("imgs/cat.png") and meta["source"].endswith("m.jsonl#0")

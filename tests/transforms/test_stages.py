@@ -22,8 +22,8 @@ from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.quality import QualityFilter
 
 
-def _raw(key, data, caption="a caption"):
-    return RawRecord(key=key, source=f"mem://{key}", image=data, caption=caption)
+def _raw(key, data, caption="a caption", source=None):
+    return RawRecord(key=key, source=source or f"mem://{key}", image=data, caption=caption)
 
 
 def test_ingest_splits_kept_and_rejects_with_metrics():
@@ -32,7 +32,7 @@ def test_ingest_splits_kept_and_rejects_with_metrics():
         _raw("a", good),
         _raw("b", b""),
         _raw("c", good, caption=b"\xff\xfe"),
-        _raw("a", imagegen.encode(imagegen.photo("rocket", 64))),  # duplicate key
+        _raw("a", imagegen.encode(imagegen.photo("rocket", 64)), source="mem://z"),  # duplicate key
     ]
     p = TestPipeline()
     out = p | beam.Create(records) | Ingest(IngestConfig())
