@@ -13,6 +13,7 @@ from mmdata.llm import review, server, store
 from mmdata.llm.cache import ResponseCache
 from mmdata.llm.client import EndpointConfig, LLMClient, ModelNotFound
 from mmdata.llm.generate import generate
+from mmdata.llm.prompts import Sampling
 from mmdata.llm.validate import check_template, validate_file
 
 EDGE = get_task("edge2img")
@@ -76,7 +77,7 @@ def test_chat_route_on_the_base_model(local_llm, templates_copy, cache_dir):
     spec = get_task("style2img")
     client = _client(local_llm, "chat", cache_dir)
     tf = store.load("style2img", templates_copy)
-    rep = generate(tf, spec, client, 2, concurrency=1)
+    rep = generate(tf, spec, client, 2, concurrency=1, sampling=Sampling(max_tokens=32))
     assert rep.responses == 2 and not rep.failed
     vrep = validate_file(tf, spec, embedder=None)
     assert vrep.kept + len(vrep.rejected) == len(rep.added)
