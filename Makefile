@@ -4,17 +4,29 @@ UV ?= uv
 RUN := $(UV) run --frozen
 OUT ?= out
 
-.PHONY: setup demo test lint format bench-ingest bench-models bench-templates corpus clean
+# llama-cpp-python (the local LLM server of the `llm` group) compiles llama.cpp. Its default build uses
+# CPU paths (AMX) that crash on some x86-64 CPUs; this build is portable to any AVX2 machine.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+# Precompiled bytecode: start-up of every Beam worker process does not recompile Beam and torch.
+export UV_COMPILE_BYTECODE := 1
 
-setup:  ## create .venv with the locked dependencies
+.PHONY: setup demo test test-fast lint format bench-ingest bench-models bench-templates bench-train \
+	corpus-sources corpus-sources-all corpus llm-server clean
+
+setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~5 min)
 	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --all-groups
 
-demo:  ## run the main job on the bundled sample corpus
+demo:  ## run the main job on the bundled sample corpus; prints the output folder
 	$(RUN) mmdata demo --output $(OUT)/demo
+	$(RUN) mmdata inspect $(OUT)/demo
 
-test:  ## the test suite (CPU, a few minutes)
-	$(RUN) pytest -q
+test:  ## the whole test suite (CPU)
+	$(RUN) pytest -q --durations=15
+
+test-fast:  ## everything but the slow end-to-end runs
+	$(RUN) pytest -q -m "not slow"
 
 lint:
 	$(RUN) ruff check mmdata pipelines tests
@@ -24,14 +36,26 @@ format:
 	$(RUN) ruff check --fix mmdata pipelines tests
 	$(RUN) ruff format mmdata pipelines tests
 
-bench-ingest:
+bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 workers
 	$(RUN) python -m mmdata.bench.ingest
 
-bench-models:
+bench-models:  ## images/s per model backend vs a bare model call
 	$(RUN) python -m mmdata.bench.models
 
-bench-templates:
+bench-templates:  ## accepted templates/min and acceptance rate per route on the local LLM server
 	$(RUN) python -m mmdata.bench.templates
+
+bench-train:  ## trainer samples/s on real shards vs synthetic batches
+	$(RUN) python -m mmdata.bench.train
+
+corpus-sources:  ## fetch the pinned npm icon packages (network: npm) into .cache/npm
+	$(RUN) mmdata corpus fetch --sources .cache/npm
+
+corpus-sources-all:  ## also @iconify/json (~390k icons, ~465 MB)
+	$(RUN) mmdata corpus fetch --sources .cache/npm --all-sets
+
+corpus:  ## rebuild the bundled sample corpus from .cache/npm
+	$(RUN) mmdata corpus sample --sources .cache/npm --out mmdata/sample_corpus --overwrite
 
 clean:
 	rm -rf $(OUT) .pytest_cache
