@@ -1,6 +1,6 @@
 # mmdata: the two commands a new user needs are `make setup demo` and `make test`.
 SHELL := /bin/bash
-UV ?= uv
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN := $(UV) run --frozen
 OUT ?= out
 
@@ -15,7 +15,7 @@ export UV_COMPILE_BYTECODE := 1
 	corpus-sources corpus-sources-all corpus llm-server clean
 
 setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~5 min)
-	@command -v $(UV) >/dev/null || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-groups
 
 demo:  ## run the main job on the bundled sample corpus; prints the output folder
