@@ -199,6 +199,8 @@ def onnx_session(path: str, device: str, threads: int | None = None) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Busy-waiting worker threads slow everything down on shared or oversubscribed CPUs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     if device.startswith("cuda"):

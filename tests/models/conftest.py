@@ -138,22 +138,10 @@ def photos() -> dict[str, np.ndarray]:
     return out
 
 
-def corpus_images() -> list[tuple[Path, dict]]:
-    """(png path, sidecar dict) for every bundled-corpus image with a JSON sidecar; [] if absent."""
-    if not CORPUS.is_dir():
-        return []
-    out = []
-    for png in sorted(CORPUS.rglob("*.png")):
-        side = png.with_suffix(".json")
-        if side.is_file():
-            out.append((png, json.loads(side.read_text())))
-    return out
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     # Deterministic, and polite on the shared 2-core machine.
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 def load(handler):  # noqa: ANN001, ANN201
@@ -172,7 +160,7 @@ def hed():
 def u2net():
     from mmdata.models.u2net import U2NetMaskHandler
 
-    h = U2NetMaskHandler(use_alpha=False, threads=2)
+    h = U2NetMaskHandler(use_alpha=False, threads=1)
     return h, h.load_model()
 
 
@@ -196,7 +184,7 @@ def minilm():
 def style_vec():
     from mmdata.models.style import StyleVectorHandler
 
-    h = StyleVectorHandler(threads=2)
+    h = StyleVectorHandler(threads=1)
     return h, h.load_model()
 
 
@@ -204,7 +192,7 @@ def style_vec():
 def style_transfer():
     from mmdata.models.style import StyleTransferHandler
 
-    h = StyleTransferHandler(threads=2)
+    h = StyleTransferHandler(threads=1)
     return h, h.load_model()
 
 
@@ -216,3 +204,24 @@ def infer(handler_and_model, elements):  # noqa: ANN001, ANN201
 
 def outputs(handler_and_model, elements):  # noqa: ANN001, ANN201
     return [r.inference for r in infer(handler_and_model, elements)]
+
+
+def corpus_rows(group: str = "emoji") -> list[dict]:
+    """Rows of the bundled corpus index for `group` (the corpus is committed with the repo)."""
+    index = CORPUS / "index.jsonl"
+    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["group"] == group]
+
+
+def corpus_sample(
+    n_subjects: int, subjects: list[str] | None = None
+) -> list[tuple[np.ndarray, dict]]:
+    """(RGBA image, row) for the first `n_subjects` subjects (sorted) in every emoji style, or for the
+    given subjects."""
+    rows = corpus_rows()
+    chosen = subjects or sorted({r["subject"] for r in rows})[:n_subjects]
+    out = []
+    for r in sorted(rows, key=lambda r: (r["style"], r["subject"])):
+        if r["subject"] in chosen:
+            out.append((np.asarray(Image.open(CORPUS / r["path"])), r))
+    return out
