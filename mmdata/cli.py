@@ -45,7 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     if rest and not getattr(args, "accepts_beam_args", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return int(args.func(args, rest) or 0)
+    try:
+        return int(args.func(args, rest) or 0)
+    except (
+        FileNotFoundError,
+        ValueError,
+    ) as e:  # ConfigError, TemplateError, missing inputs: no traceback
+        if args.verbose:
+            raise
+        print(f"mmdata {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""The `mmdata` command line: subcommands, Beam pass-through, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mmdata.cli import build_parser, main
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "ingest", "inspect", "corpus", "weights", "templates", "train"):
+        assert cmd in out
+
+
+def test_beam_options_pass_through_only_for_jobs():
+    args, rest = build_parser().parse_known_args(
+        ["demo", "--seed", "3", "--runner=DirectRunner", "--direct_num_workers=2"]
+    )
+    assert args.accepts_beam_args and rest == ["--runner=DirectRunner", "--direct_num_workers=2"]
+    with pytest.raises(SystemExit):
+        main(["inspect", "x", "--runner=DirectRunner"])
+
+
+def test_clear_errors_not_tracebacks(tmp_path):
+    cmd = [sys.executable, "-m", "mmdata.cli"]
+    res = subprocess.run(
+        cmd + ["demo", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run(cmd + ["demo", "--shards.maxcount", "0"], capture_output=True, text=True)
+    assert res.returncode == 2 and "maxcount must be > 0" in res.stderr
+    res = subprocess.run(cmd + ["inspect", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "no manifest.json" in res.stderr
