@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s_real_shards": real,
         "samples_per_s_synthetic": synthetic,
         "ratio": real / synthetic,
+        "runs_real": reals,
+        "runs_synthetic": synths,
         "loader_totals": loader.totals(),
     }
     if cuda:

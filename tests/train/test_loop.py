@@ -138,3 +138,12 @@ def test_config_rejects_unknown_keys() -> None:
         {"model": {"channel_mults": [1, 2], "attention_levels": [1]}, "data": {"shards": ["x"]}}
     )
     assert cfg.model.channel_mults == (1, 2)
+
+
+def test_bundled_example_configs_parse() -> None:
+    root = Path(__file__).parents[2] / "mmdata" / "train" / "configs"
+    for name in ("stage1.yaml", "stage2.yaml", "lora.yaml"):
+        data = __import__("yaml").safe_load((root / name).read_text())
+        data.setdefault("init_from", "x")  # lora needs a checkpoint to start from
+        cfg = TrainConfig.from_dict(data)
+        assert cfg.model == TrainConfig().model  # the defaults are the documented base model
