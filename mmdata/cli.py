@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: list[str] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmdata",
+        allow_abbrev=False,
         description="Build multi-modal instruction datasets for image generation, and train on them.",
         epilog="Options a subcommand does not know are passed to Apache Beam as pipeline options.",
     )
@@ -33,18 +34,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    # No prefix matching: `--quality.min_sid` must be an error, not `--quality.min_side`.
+    for p in [parser, *sub.choices.values()]:
+        p.allow_abbrev = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    child.allow_abbrev = False
     return parser
 
 
+class _DropImportNoise(logging.Filter):
+    """Beam warns at import that the optional GCP client is absent; that is expected without [gcp]."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropImportNoise())
+    logging.getLogger("apache_beam.io.gcp").setLevel(logging.WARNING)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
     if rest and not getattr(args, "accepts_beam_args", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        from mmdata.runner import unknown_beam_args
+
+        if unknown := unknown_beam_args(rest):
+            parser.error(
+                f"unrecognized arguments (neither {args.command} options nor Beam pipeline options): "
+                f"{' '.join(unknown)}; see `mmdata {args.command} --help`"
+            )
     try:
         return int(args.func(args, rest) or 0)
     except (

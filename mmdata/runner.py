@@ -27,6 +27,27 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     return opts
 
 
+def unknown_beam_args(args: list[str]) -> list[str]:
+    """The arguments no Beam PipelineOptions class knows (typos would otherwise be dropped silently)."""
+    import argparse
+
+    try:  # register the Dask runner's options when it is installed
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    seen: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():
+        seen.setdefault(str(cls), cls)
+    for cls in seen.values():
+        try:
+            cls._add_argparse_args(parser)  # noqa: SLF001 - how Beam itself collects its options
+        except argparse.ArgumentError:
+            pass
+    _, unknown = parser.parse_known_args(args)
+    return [a for a in unknown if a.startswith("-")]
+
+
 def run_pipeline(
     build: Callable[[beam.Pipeline], Any],
     beam_args: list[str] | None = None,
