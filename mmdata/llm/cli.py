@@ -285,9 +285,9 @@ def cmd_list(args: argparse.Namespace, beam_args: list[str]) -> int:
         seeds = sum(1 for t in tf.with_status("accepted") if t.source == "seed")
         models = sorted(
             {
-                f"{(t.provenance or {}).get('model')}/{(t.provenance or {}).get('endpoint_kind')}"
+                f"{t.provenance['model']}/{t.provenance.get('endpoint_kind')}"
                 for t in tf.with_status("accepted")
-                if t.source == "llm"
+                if t.source == "llm" and (t.provenance or {}).get("model")
             }
         )
         rows.append((task, c["accepted"], seeds, c["candidate"], c["rejected"], ", ".join(models)))

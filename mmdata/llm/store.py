@@ -135,7 +135,7 @@ def load_path(path: str | Path, expected_task: str | None = None) -> TemplateFil
             header_lines.append(line)
         else:
             break
-    data = yaml.safe_load(raw) or {}
+    data = yaml.load(raw, Loader=_Loader) or {}
     if not isinstance(data, dict) or "task" not in data:
         raise ValueError(f"{path}: not a template file (needs a mapping with 'task')")
     task = str(data["task"])
@@ -153,6 +153,10 @@ def load_path(path: str | Path, expected_task: str | None = None) -> TemplateFil
         header="".join(header_lines),
         path=path,
     )
+
+
+# libyaml's loader when present: files with a few hundred entries load ~10x faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Dumper(yaml.SafeDumper):
