@@ -164,3 +164,22 @@ def test_guidance_combines_three_branches() -> None:
         den, torch.zeros(2, 3, 4, 4), torch.tensor([10, 0]), alphas_cumprod(DiffusionConfig())
     )
     assert x.shape == (2, 3, 4, 4)
+
+
+def test_ddim_recovers_the_data_point_of_an_exact_denoiser() -> None:
+    """Data = one point x*: the exact eps(x, t) = (x - sqrt(a) x*) / sqrt(1 - a); DDIM must land on x*."""
+    acp = alphas_cumprod(DiffusionConfig())
+    target = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 1.6 - 0.8
+
+    def exact(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = acp[t].float()[:, None, None, None]
+        return (x - a.sqrt() * target) / (1 - a).sqrt()
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    for steps in (5, 50):
+        assert torch.allclose(
+            ddim_sample(exact, x, ddim_timesteps(1000, steps), acp), target, atol=1e-4
+        )
+    noisy = ddim_sample(exact, x, ddim_timesteps(1000, 20), acp, eta=1.0, generator=g)
+    assert torch.allclose(noisy, target, atol=1e-4)
