@@ -131,10 +131,11 @@ def to_rgb(image: np.ndarray, background: tuple[int, int, int] = WHITE) -> np.nd
     """Composite an RGBA uint8 image on `background`; RGB passes through. Returns HxWx3 uint8."""
     if image.shape[2] == 3:
         return image
-    rgb = image[:, :, :3].astype(np.float32)
-    alpha = image[:, :, 3:4].astype(np.float32) / 255.0
-    bg = np.asarray(background, dtype=np.float32)
-    return np.rint(rgb * alpha + bg * (1.0 - alpha)).astype(np.uint8)
+    # integer blend, rounded: (c * a + bg * (255 - a) + 127) // 255
+    alpha = image[:, :, 3:4].astype(np.uint16)
+    rgb = image[:, :, :3].astype(np.uint16) * alpha
+    rgb += np.asarray(background, dtype=np.uint16) * (255 - alpha) + 127
+    return (rgb // 255).astype(np.uint8)
 
 
 def check_size(
