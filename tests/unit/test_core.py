@@ -206,3 +206,40 @@ def test_config_validation():
         bad.validate()
     with pytest.raises(ConfigError, match="unknown task"):
         from_dict(DemoConfig, {"tasks": ["nope"]}).validate()
+
+
+def test_sample_with_context_matches_schema():
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from mmdata.core.instructions import make_sample
+    from mmdata.records import ContextEntry, ImageTextPair
+
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "schemas/instruction_sample.schema.json").read_text()
+    )
+    png = imagegen.encode(imagegen.shape(2))
+    pair = ImageTextPair(
+        key="t", image=png, format="png", caption="a red circle", source="s", width=64, height=64
+    )
+    ctx = [
+        ContextEntry(
+            marker="[ref#1]", role="edge", text="[ref#1] edge map", image=png, source_keys=["t"]
+        )
+    ]
+    sample = make_sample(
+        "edge2img", pair, ctx, {"caption": pair.caption}, load_templates("edge2img"), seed=0
+    )
+    assert "[ref#1]" in sample.instruction and sample.members().keys() == {"target.png", "ctx1.png"}
+    jsonschema.validate(sample.to_json("000000007"), schema)
+    with pytest.raises(ValueError, match="context entry 1"):
+        make_sample(
+            "edge2img",
+            pair,
+            [ContextEntry("[ref#1]", "mask", "m", png)],
+            {"caption": "x"},
+            load_templates("edge2img"),
+            seed=0,
+        )
