@@ -127,6 +127,10 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.llm.client import LLMClient, LLMError
     from mmdata.llm.generate import generate
 
+    if not getattr(args, "verbose", False):
+        # one INFO line per HTTP request from the openai client's transport is noise here
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     sampling = Sampling(
         temperature=args.temperature,
         top_p=args.top_p,
