@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -51,9 +52,12 @@ def to_content_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     return np.pad(small, pad, mode=mode), (sh, sw)
 
 
-class StyleModels(NamedTuple):
+@dataclass
+class StyleModels:
+    """The two sessions. A plain class, not a NamedTuple: Beam's Shared needs a weak reference to it."""
+
     predict: Any
-    transform: Any | None
+    transform: Any
 
 
 def _run_predict(session: Any, x: np.ndarray) -> np.ndarray:

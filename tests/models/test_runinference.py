@@ -64,3 +64,14 @@ def test_canny_batches_via_runinference_equal_direct_calls(photos) -> None:  # n
             | beam.Map(lambda kv: (kv[0], int(kv[1].inference.sum()), kv[1].inference.shape))
         )
         assert_that(out, equal_to([(n, int(direct[n].sum()), direct[n].shape) for n in names]))
+
+
+def test_loaded_models_can_be_shared_by_beam(
+    hed, u2net, effnet, minilm, style_vec, style_transfer
+) -> None:  # noqa: ANN001
+    """RunInference keeps the model in `apache_beam.utils.shared`, which holds a weak reference."""
+    import weakref
+
+    for _, model in (hed, u2net, effnet, minilm, style_vec, style_transfer):
+        assert weakref.ref(model)() is model
+    assert weakref.ref(CannyEdgeHandler().load_model())
