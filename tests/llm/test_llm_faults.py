@@ -50,14 +50,14 @@ def _varied(body: dict) -> str:
 @pytest.mark.parametrize("route", ["completion", "chat"])
 def test_transient_faults_are_retried(templates_copy, route):
     script = [
-        ("sleep", 1.5, GOOD),  # times out (client timeout 0.5 s), retried
+        ("sleep", 3.0, GOOD),  # times out (client timeout 1 s), retried
         ("500",),
         ("malformed",),
         ("empty",),
         ("429", None),  # no Retry-After: plain backoff
     ]
     with FaultServer(script, default=("ok", _varied)) as srv:
-        client = _client(srv.base_url, route=route, timeout=0.5, max_retries=6)
+        client = _client(srv.base_url, route=route, timeout=1.0, max_retries=6)
         tf = store.load("edge2img", templates_copy)
         rep = generate(tf, EDGE, client, 1, concurrency=1)
     assert rep.responses == 1 and not rep.failed
@@ -76,7 +76,7 @@ def test_429_retry_after_is_honoured():
         res = client.request({"prompt": "x", "seed": 1})
     assert res.text == GOOD and res.attempts == 2
     waited = srv.requests[1]["t"] - srv.requests[0]["t"]
-    assert 1.0 <= waited < 2.0  # the server's 1 s, not the 0.01 s backoff
+    assert 1.0 <= waited < 3.0  # the server's 1 s, not the 0.01 s backoff
 
 
 def test_persistent_failures_fail_the_request_not_the_run(templates_copy):
@@ -247,11 +247,11 @@ def test_interrupt_keeps_partial_progress(templates_copy, cache_dir):
             )
         on_disk = store.load("edge2img", templates_copy)
         assert len(on_disk.with_status("candidate")) == 3 and saved
-        # resume: the 3 cached responses cost nothing, only the other 7 are sent
-        before = len(srv.requests)
-        rep = generate(on_disk, EDGE, _client(srv.base_url, cache_dir), 10, concurrency=2)
+        # resume: cached responses cost nothing, only the others are sent, none twice
         # (a request in flight at the interrupt may have finished and been cached too)
-        assert len(srv.requests) == 10 and rep.cached == before and rep.sent == 10 - before
+        rep = generate(on_disk, EDGE, _client(srv.base_url, cache_dir), 10, concurrency=2)
+        assert rep.cached >= 3 and rep.cached + rep.sent == 10
+        assert len(srv.requests) == 10
         assert len(on_disk.with_status("candidate")) == 10
 
 
