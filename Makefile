@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export UV_COMPILE_BYTECODE := 1
 
 .PHONY: setup demo test test-fast lint format bench-ingest bench-models bench-templates bench-train \
-	corpus-sources corpus-sources-all corpus llm-server clean
+	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop clean
 
 setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~5 min)
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -47,6 +47,18 @@ bench-templates:  ## accepted templates/min and acceptance rate per route on the
 
 bench-train:  ## trainer samples/s on real shards vs synthetic batches
 	$(RUN) python -m mmdata.bench.train
+
+weights-verify:  ## check every pinned model weight file (sha256)
+	$(RUN) mmdata weights verify
+
+templates-check:  ## validate the shipped instruction templates
+	$(RUN) mmdata templates validate --check
+
+llm-server-start:  ## start the local OpenAI-compatible server (llama.cpp + Gemma 3 270M) in the background
+	$(RUN) python -m mmdata.llm.server start
+
+llm-server-stop:
+	$(RUN) python -m mmdata.llm.server stop
 
 corpus-sources:  ## fetch the pinned npm icon packages (network: npm) into .cache/npm
 	$(RUN) mmdata corpus fetch --sources .cache/npm

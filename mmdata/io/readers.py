@@ -141,13 +141,17 @@ class _FolderGroupFn(beam.DoFn):
             )
 
 
-class ReadFolder(beam.PTransform):
-    """Image files under `root` (recursively) with their sidecar captions."""
+class _Source(beam.PTransform):
+    """A reader of `pattern` (a folder, or a file glob) with the ingest config."""
 
-    def __init__(self, root: str, cfg: IngestConfig | None = None):
+    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
         super().__init__()
-        self.root = root.rstrip("/")
+        self.pattern = pattern.rstrip("/")
         self.cfg = cfg or IngestConfig()
+
+
+class ReadFolder(_Source):
+    """Image files under the folder `pattern` (recursively) with their sidecar captions."""
 
     def expand(self, pbegin):
         def keyed(meta) -> Iterator[tuple[str, tuple[str, str, int]]]:
@@ -161,10 +165,10 @@ class ReadFolder(beam.PTransform):
 
         return (
             pbegin
-            | "Match" >> fileio.MatchFiles(self.root + "/**")
+            | "Match" >> fileio.MatchFiles(self.pattern + "/**")
             | "ByStem" >> beam.FlatMap(keyed)
             | "GroupStem" >> beam.GroupByKey()
-            | "Records" >> beam.ParDo(_FolderGroupFn(self.root, self.cfg))
+            | "Records" >> beam.ParDo(_FolderGroupFn(self.pattern, self.cfg))
         )
 
 
@@ -265,13 +269,8 @@ class _ManifestRowFn(beam.DoFn):
         )
 
 
-class ReadManifest(beam.PTransform):
+class ReadManifest(_Source):
     """Rows of Parquet/CSV/JSONL manifests naming image paths and captions."""
-
-    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
-        super().__init__()
-        self.pattern = pattern
-        self.cfg = cfg or IngestConfig()
 
     def expand(self, pbegin):
         def rows(meta):
@@ -440,13 +439,8 @@ class _TarFn(beam.DoFn):
         )
 
 
-class ReadWebDataset(beam.PTransform):
+class ReadWebDataset(_Source):
     """img2dataset-style WebDataset tar shards."""
-
-    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
-        super().__init__()
-        self.pattern = pattern
-        self.cfg = cfg or IngestConfig()
 
     def expand(self, pbegin):
         return (
