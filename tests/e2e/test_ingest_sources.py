@@ -39,23 +39,48 @@ def test_ingest_img2dataset_shards(tmp_path):
     png = imagegen.encode(imagegen.photo("rocket"))
     imagegen.img2dataset_tar(
         src / "00000.tar",
-        [("000000000", jpg, "a cup of coffee"), ("000000001", png, "a rocket"), ("000000002", b"", "empty")],
+        [
+            ("000000000", jpg, "a cup of coffee"),
+            ("000000001", png, "a rocket"),
+            ("000000002", b"", "empty"),
+        ],
         extra=[("../../etc/evil.jpg", jpg), ("/abs/path.txt", b"x")],
     )
-    pq.write_table(pa.Table.from_pylist([
-        {"key": "000000000", "url": "https://e.com/0.jpg", "status": "success", "error_message": None},
-        {"key": "000000003", "url": "https://e.com/3.jpg", "status": "failed_to_download", "error_message": "HTTP 404"},
-    ]), src / "00000.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "key": "000000000",
+                    "url": "https://e.com/0.jpg",
+                    "status": "success",
+                    "error_message": None,
+                },
+                {
+                    "key": "000000003",
+                    "url": "https://e.com/3.jpg",
+                    "status": "failed_to_download",
+                    "error_message": "HTTP 404",
+                },
+            ]
+        ),
+        src / "00000.parquet",
+    )
     imagegen.img2dataset_tar(src / "00001.tar", [("000000001", jpg, "the same key again")])
     whole = (src / "00000.tar").read_bytes()
     (src / "00002.tar").write_bytes(whole[:700])  # malformed: cut inside the first member
     m, rejects = _run(str(src), tmp_path / "out")
     reasons = sorted((r["key"], r["reason"]) for r in rejects)
-    assert reasons == sorted([
-        ("000000002", "empty_file"), ("etc_evil", "unsafe_tar_member"), ("abs_path", "unsafe_tar_member"),
-        ("000000003", "download_failed"), ("000000001", "duplicate_key"), ("000000000", "corrupt_tar"),
-        ("00002_tar", "corrupt_tar"),
-    ])
+    assert reasons == sorted(
+        [
+            ("000000002", "empty_file"),
+            ("etc_evil", "unsafe_tar_member"),
+            ("abs_path", "unsafe_tar_member"),
+            ("000000003", "download_failed"),
+            ("000000001", "duplicate_key"),
+            ("000000000", "corrupt_tar"),
+            ("00002_tar", "corrupt_tar"),
+        ]
+    )
     assert m["totals"]["samples"] == 2
     samples = list(wds.WebDataset(str(tmp_path / "out" / "00000.tar"), shardshuffle=False))
     for s in samples:
@@ -63,7 +88,10 @@ def test_ingest_img2dataset_shards(tmp_path):
         assert meta["key"] == s["__key__"]
         pair = {**{k: v for k, v in meta.items() if k != "pair_key"}, "key": meta["pair_key"]}
         jsonschema.validate(pair, _schema("image_text_pair"))
-        assert s["txt"].decode() == pair["caption"] and {"jpeg": "jpg"}.get(pair["format"], pair["format"]) in s
+        assert (
+            s["txt"].decode() == pair["caption"]
+            and {"jpeg": "jpg"}.get(pair["format"], pair["format"]) in s
+        )
     by_key = {json.loads(s["json"])["key"]: json.loads(s["json"]) for s in samples}
     urls = {p["metadata"].get("url") for p in by_key.values()}
     assert "https://example.com/000000000.jpg" in urls
@@ -82,8 +110,18 @@ def test_ingest_manifest_source(tmp_path):
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     m, rejects = _run(str(tmp_path / "m.jsonl"), tmp_path / "out")
-    assert sorted(r["reason"] for r in rejects) == ["caption_empty", "missing_file", "truncated_image"]
+    assert sorted(r["reason"] for r in rejects) == [
+        "caption_empty",
+        "missing_file",
+        "truncated_image",
+    ]
     (s,) = list(wds.WebDataset(str(tmp_path / "out" / "00000.tar"), shardshuffle=False))
     meta = json.loads(s["json"])
-    assert meta["caption"] == "a cat" and meta["metadata"]["license"] == "CC0" and meta["mode"] == "RGB"
-    assert meta["metadata"]["path"].endswith("imgs/cat.png") and meta["source"].endswith("m.jsonl#0")
+    assert (
+        meta["caption"] == "a cat"
+        and meta["metadata"]["license"] == "CC0"
+        and meta["mode"] == "RGB"
+    )
+    assert meta["metadata"]["path"].endswith("imgs/cat.png") and meta["source"].endswith(
+        "m.jsonl#0"
+    )
