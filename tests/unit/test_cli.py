@@ -40,3 +40,14 @@ def test_clear_errors_not_tracebacks(tmp_path):
     assert res.returncode == 2 and "maxcount must be > 0" in res.stderr
     res = subprocess.run(cmd + ["inspect", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "no manifest.json" in res.stderr
+
+
+def test_runner_options():
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from mmdata.runner import pipeline_options
+
+    assert pipeline_options([]).view_as(StandardOptions).runner == "DirectRunner"
+    assert pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    with pytest.raises(ValueError, match="multi_processing"):
+        pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
