@@ -14,7 +14,7 @@ export UV_COMPILE_BYTECODE := 1
 .PHONY: setup demo test test-fast lint format bench-ingest bench-models bench-templates bench-train \
 	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop clean
 
-setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~5 min)
+setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~10 min on 2 cores)
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-groups
 
