@@ -234,39 +234,30 @@ class _ManifestRowFn(beam.DoFn):
             if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)
         }
         metadata = json.loads(json.dumps(metadata, default=str))
-        if not isinstance(path, str) or not path:
-            yield RawRecord(
+        source = f"{manifest}#{i}"
+
+        def record(image: bytes | None, error: tuple[str, str] | None) -> RawRecord:
+            url = metadata.get("url") if isinstance(metadata.get("url"), str) else None
+            return RawRecord(
                 key=key,
-                source=f"{manifest}#{i}",
-                image=None,
+                source=source,
+                image=image,
                 caption=caption,
                 metadata=metadata,
-                error=("missing_path", f"no {cfg.path_field!r} in row"),
+                url=url,
+                error=error,
             )
+
+        if not isinstance(path, str) or not path:
+            yield record(None, ("missing_path", f"no {cfg.path_field!r} in row"))
             return
         if "://" not in path and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         metadata["path"] = path
         if not FileSystems.exists(path):
-            yield RawRecord(
-                key=key,
-                source=f"{manifest}#{i}",
-                image=None,
-                caption=caption,
-                metadata=metadata,
-                error=("missing_file", f"{path} does not exist"),
-            )
+            yield record(None, ("missing_file", f"{path} does not exist"))
             return
-        image, error = _read_bytes(path, None, cfg.max_file_bytes)
-        yield RawRecord(
-            key=key,
-            source=f"{manifest}#{i}",
-            image=image,
-            caption=caption,
-            metadata=metadata,
-            url=metadata.get("url") if isinstance(metadata.get("url"), str) else None,
-            error=error,
-        )
+        yield record(*_read_bytes(path, None, cfg.max_file_bytes))
 
 
 class ReadManifest(_Source):
