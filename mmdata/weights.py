@@ -91,6 +91,7 @@ class WeightSpec:
         return {
             "open_clip": "open_clip_model.safetensors (or a local-dir folder with open_clip_config.json)",
             "transformers-dir": "model-folder/ (config.json + model.safetensors)",
+            "torch-state-dict-dir": "a folder with sk_model.pth and sk_model2.pth",
         }.get(self.format, "weights.pth")
 
     def how_to_provide(self) -> str:
@@ -214,6 +215,35 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             license="per checkpoint (Intel/dpt-hybrid-midas: Apache-2.0)",
             env_var="MMDATA_DEPTH_WEIGHTS",
             hub_id="Intel/dpt-hybrid-midas",
+        ),
+        WeightSpec(
+            name="controlnet-hed",
+            description="ControlNet HED soft-edge annotator (controlnet-aux ControlNetHED_Apache2)",
+            format="torch-state-dict",
+            license="Apache-2.0 (lllyasviel/Annotators ControlNetHED.pth)",
+            env_var="MMDATA_CONTROLNET_HED_WEIGHTS",
+            file="ControlNetHED.pth",
+            hash_member="ControlNetHED.pth",
+            hub_id="lllyasviel/Annotators (ControlNetHED.pth)",
+        ),
+        WeightSpec(
+            name="controlnet-pidinet",
+            description="ControlNet PiDiNet soft-edge annotator (controlnet-aux PidiNetDetector)",
+            format="torch-state-dict",
+            license="MIT (PiDiNet, lllyasviel/Annotators table5_pidinet.pth)",
+            env_var="MMDATA_CONTROLNET_PIDINET_WEIGHTS",
+            file="table5_pidinet.pth",
+            hash_member="table5_pidinet.pth",
+            hub_id="lllyasviel/Annotators (table5_pidinet.pth)",
+        ),
+        WeightSpec(
+            name="controlnet-lineart",
+            description="ControlNet lineart annotator, fine + coarse (controlnet-aux LineartDetector)",
+            format="torch-state-dict-dir",
+            license="MIT (informative-drawings, lllyasviel/Annotators sk_model*.pth)",
+            env_var="MMDATA_CONTROLNET_LINEART_WEIGHTS",
+            hash_member="sk_model.pth",
+            hub_id="lllyasviel/Annotators (sk_model.pth, sk_model2.pth)",
         ),
         WeightSpec(
             name="aesthetic-head",

@@ -20,6 +20,7 @@ HANDLERS: dict[str, str] = {
     "minilm": "mmdata.models.features:MiniLMTextEmbedder",
     "hed": "mmdata.models.hed:HEDEdgeHandler",
     "canny": "mmdata.models.canny:CannyEdgeHandler",
+    "controlnet-annotator": "mmdata.models.annotators:ControlNetAnnotatorHandler",
     "u2netp": "mmdata.models.u2net:U2NetMaskHandler",
     "depth-dpt": "mmdata.models.depth:DPTDepthHandler",
     "style-vector": "mmdata.models.style:StyleVectorHandler",
