@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 # Precompiled bytecode: start-up of every Beam worker process does not recompile Beam and torch.
 export UV_COMPILE_BYTECODE := 1
 
-.PHONY: setup demo test test-fast lint format bench-ingest bench-models bench-templates bench-train \
+.PHONY: setup demo test test-fast lint format bench-ingest bench-models models-quality bench-templates bench-train \
 	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop clean
 
 setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~10 min on 2 cores)
@@ -41,6 +41,9 @@ bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 work
 
 bench-models:  ## images/s per model backend vs a bare model call
 	$(RUN) python -m mmdata.bench.models
+
+models-quality:  ## behaviour figures of the model backends on the bundled corpus (IoU, edges, style, recall@k)
+	$(RUN) python -m mmdata.bench.models --quality --images 392
 
 bench-templates:  ## accepted templates/min and acceptance rate per route on the local LLM server
 	$(RUN) python -m mmdata.bench.templates

@@ -30,11 +30,8 @@ def build(p: beam.Pipeline, cfg: IngestJobConfig, overwrite: bool = False):
             cfg.output, cfg.shards.maxcount, cfg.shards.maxsize, PAIR_ROW_SCHEMA, overwrite
         )
     )
-    tasks = (
-        pairs
-        | "Kind" >> beam.Map(lambda _: "pair")
-        | "CountKind" >> beam.combiners.Count.PerElement()
-    )
+    # One kind of sample: the task count is the shards' sample count (no pass over the pairs).
+    tasks = shards | "Tasks" >> beam.Map(lambda s: ("pair", s.samples))
     return (ing["counts"], shards, ing["rejects"], tasks) | "Manifest" >> WriteManifest(
         cfg.output, "ingest", to_dict(cfg), STAGES, mixture={}
     )

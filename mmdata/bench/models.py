@@ -249,21 +249,26 @@ def quality(args: argparse.Namespace) -> dict:
         for s in sorted({k[1] for k in keys})
     }
 
-    vecs = dict(zip(keys, run(StyleVectorHandler(threads=args.threads)), strict=True))
     subjects, sets = sorted({k[0] for k in keys}), sorted({k[1] for k in keys})
-    per_set = {}
-    for s in sets:
-        wins = total = 0
-        for a, b, t in itertools.product(subjects, subjects, sets):
-            if a == b or t == s or (a, t) not in vecs or (b, s) not in vecs or (a, s) not in vecs:
-                continue
-            wins += bool(
-                np.linalg.norm(vecs[a, s] - vecs[b, s]) < np.linalg.norm(vecs[a, s] - vecs[a, t])
-            )
-            total += 1
-        per_set[s] = wins / max(1, total)
-    out["style_same_set_closer"] = float(np.mean(list(per_set.values())))
-    out["style_same_set_closer_by_set"] = per_set
+    for suffix, luminance in (("", False), ("_luminance", True)):
+        handler = StyleVectorHandler(threads=args.threads, luminance=luminance)
+        vecs = dict(zip(keys, run(handler), strict=True))
+        per_set = {}
+        for s in sets:
+            wins = total = 0
+            for a, b, t in itertools.product(subjects, subjects, sets):
+                if a == b or t == s or (a, t) not in vecs or (b, s) not in vecs:
+                    continue
+                if (a, s) not in vecs:
+                    continue
+                wins += bool(
+                    np.linalg.norm(vecs[a, s] - vecs[b, s])
+                    < np.linalg.norm(vecs[a, s] - vecs[a, t])
+                )
+                total += 1
+            per_set[s] = wins / max(1, total)
+        out[f"style_same_set_closer{suffix}"] = float(np.mean(list(per_set.values())))
+        out[f"style_same_set_closer{suffix}_by_set"] = per_set
 
     feats = np.stack(run(EfficientNetImageEmbedder()))
     sims = feats @ feats.T

@@ -72,22 +72,37 @@ class StyleVectorHandler(BatchedModelHandler[np.ndarray, Any]):
 
     Args:
         background: RGB colour under transparent pixels.
+        luminance: compute the vector on the image's luminance (grey) instead of its colours. The colour
+            vector follows the palette, and the same subject keeps its palette across drawing styles;
+            the luminance vector keeps strokes, shading and texture. On the bundled emoji (56 subjects in
+            7 sets) two emoji of one set are closer than one emoji in two sets for 57% of pairs with
+            luminance vectors against 46% with colour vectors (`make models-quality` prints both). Use it
+            to find same-style references; keep colour vectors for style transfer itself.
     """
 
     weights_name = "ghiasi-style-predict"
 
     def __init__(
-        self, *, background: tuple[int, int, int] = WHITE, threads: int | None = None, **kwargs: Any
+        self,
+        *,
+        background: tuple[int, int, int] = WHITE,
+        luminance: bool = False,
+        threads: int | None = None,
+        **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.background = background
+        self.luminance = luminance
         self.threads = threads
 
     def _load(self, path: Any) -> Any:
         return onnx_session(str(path), self.device, self.threads)
 
     def prepare(self, example: Any) -> np.ndarray:
-        return to_style_input(to_rgb(prepare_image(example, MIN_SIDE), self.background))
+        rgb = to_rgb(prepare_image(example, MIN_SIDE), self.background)
+        if self.luminance:
+            rgb = np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
+        return to_style_input(rgb)
 
     def forward(self, model: Any, items: list[np.ndarray]) -> list[np.ndarray]:
         return [_run_predict(model, x) for x in items]

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.io.shards import _write_atomic
+from mmdata.transforms.stage import summarize_tallies
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -85,7 +86,7 @@ class _FinalizeFn(beam.DoFn):
         self.notes = notes
 
     def process(self, _, counts, shards, rejects, tasks):
-        counts_d = {stage: c for stage, c in sorted(counts)}
+        counts_d = summarize_tallies(counts)
         check_accounting(counts_d, self.chain)
         rows = sorted(
             (r.to_dict() for r in rejects),
@@ -96,7 +97,9 @@ class _FinalizeFn(beam.DoFn):
         _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
         shards = sorted(shards, key=lambda s: s.name)
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
-        task_counts = dict(sorted(tasks))
+        task_counts: dict[str, int] = {}
+        for task, n in sorted(tasks):
+            task_counts[task] = task_counts.get(task, 0) + n
         total = sum(task_counts.values())
         mixture = (
             self.mixture or {t: round(n / total, 6) for t, n in task_counts.items()}
@@ -157,7 +160,8 @@ class WriteManifest(beam.PTransform):
         self.args = (output, job, config, chain, mixture or {}, notes or [])
 
     def expand(self, inputs):
-        counts, shards, rejects, tasks = inputs
+        tallies, shards, rejects, tasks = inputs
+        counts = tallies | "CountStages" >> beam.combiners.Count.PerElement()
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])

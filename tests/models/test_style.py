@@ -50,6 +50,26 @@ def test_style_vectors_group_by_emoji_set(style_vec) -> None:  # noqa: ANN001
     assert per_set["openmoji"] > 0.5
 
 
+def test_luminance_style_vectors_group_by_set_for_most_pairs(style_vec) -> None:  # noqa: ANN001
+    """Luminance vectors drop the subject's palette, which the colour vector follows across sets."""
+    from mmdata.models.style import StyleVectorHandler
+
+    handler = StyleVectorHandler(luminance=True, threads=1)
+    sample = corpus_sample(n_subjects=12)
+    keys = [(r["subject"], r["style"]) for _, r in sample]
+    grey = outputs((handler, style_vec[1]), [img for img, _ in sample])
+    colour = outputs(style_vec, [img for img, _ in sample])
+    frac_grey = np.mean(list(same_set_closer_fraction(dict(zip(keys, grey, strict=True))).values()))
+    frac_colour = np.mean(
+        list(same_set_closer_fraction(dict(zip(keys, colour, strict=True))).values())
+    )
+    print(
+        f"same-set-closer fraction, {len(sample)} emoji: luminance {frac_grey:.3f}, colour {frac_colour:.3f}"
+    )
+    assert frac_grey > 0.5
+    assert frac_grey > frac_colour + 0.05
+
+
 def test_style_vectors_group_by_drawn_set(style_vec, icons) -> None:  # noqa: ANN001
     keys = sorted(icons)
     vecs = outputs(style_vec, [icons[k] for k in keys])

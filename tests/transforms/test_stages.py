@@ -20,6 +20,7 @@ from mmdata.io.shards import ShardItem, WriteShards
 from mmdata.records import RawRecord
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.quality import QualityFilter
+from mmdata.transforms.stage import CountStages
 
 
 def _raw(key, data, caption="a caption", source=None):
@@ -53,7 +54,7 @@ def test_ingest_splits_kept_and_rejects_with_metrics():
         label="rejects",
     )
     assert_that(
-        out["counts"],
+        out["counts"] | CountStages(),
         equal_to(
             [
                 (
@@ -94,6 +95,11 @@ def test_quality_filter_counts():
         )
         assert_that(
             out["kept"] | "q" >> beam.Map(lambda r: sorted(r.metadata["quality"])), is_not_empty()
+        )
+        assert_that(
+            out["counts"] | CountStages(),
+            equal_to([("quality", {"input": 3, "kept": 2, "rejected": {"too_small": 1}})]),
+            label="counts",
         )
 
 
