@@ -29,10 +29,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.keys import shard_key, shard_name
+from mmdata.io.wds_writer import tarwriter
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 META_SHA = b"mmdata.tar_sha256"
@@ -117,7 +117,7 @@ def shard_for(sort_key: str, plan: list[tuple[str, int, int]]) -> int:
 def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
     """The tar bytes of (key, item) samples, deterministic."""
     buf = io.BytesIO()
-    with wds.TarWriter(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
+    with tarwriter()(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
         for key, item in samples:
             meta = {**item.meta, "key": key}
             sample: dict[str, Any] = {
