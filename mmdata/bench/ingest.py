@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--n", type=int, default=3000, help="images in the bench corpus")
+    ap.add_argument(
+        "--n-small", type=int, default=100, help="images in the small corpus (fixed-cost estimate)"
+    )
     ap.add_argument("--size", type=int, default=384, help="long side of the bench images (px)")
     ap.add_argument("--maxcount", type=int, default=500)
     ap.add_argument(
@@ -130,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench-ingest: {n} JPEG images (long side {args.size}px, {mb:.1f} MB) in {corpus}")
 
     runs = [
-        ("plain loop (1 process, TarWriter)", lambda o: plain_loop(corpus, o, args.maxcount)),
+        ("plain loop (1 process, TarWriter)", lambda c, o: plain_loop(c, o, args.maxcount)),
         (
             "beam DirectRunner, 1 worker",
-            lambda o: beam_ingest(
-                corpus,
+            lambda c, o: beam_ingest(
+                c,
                 o,
                 args.maxcount,
                 ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
@@ -142,26 +145,47 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (
             "beam DirectRunner, 2 workers (multi_processing)",
-            lambda o: beam_ingest(
-                corpus,
+            lambda c, o: beam_ingest(
+                c,
                 o,
                 args.maxcount,
                 ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
             ),
         ),
     ]
-    rates = []
+    # The same runs on a small corpus give each runner's fixed cost (start-up, graph, manifest), so the
+    # per-image cost can be told apart from it: per_image = (t_big - t_small) / (n_big - n_small).
+    small = work / "corpus_small"
+    if not small.exists() or len(list(small.glob("*.jpg"))) != args.n_small:
+        shutil.rmtree(small, ignore_errors=True)
+        build_bench_corpus(small, args.n_small, args.size)
+    rates, rows = [], []
     for i, (name, fn) in enumerate(runs):
-        out = work / f"out{i}"
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        kept = fn(out)
-        dt = time.perf_counter() - t0
+        times = {}
+        for label, c in (("small", small), ("full", corpus)):
+            out = work / f"out{i}-{label}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            kept = fn(c, out)
+            times[label] = (kept, time.perf_counter() - t0)
+        kept, dt = times["full"]
+        per_image = (dt - times["small"][1]) / max(1, kept - times["small"][0])
+        fixed = max(0.0, dt - per_image * kept)
         rates.append(kept / dt)
-        print(f"  {name:<50} {kept:>6} kept in {dt:6.2f} s = {kept / dt:8.1f} images/s")
+        rows.append((name, kept, dt, per_image, fixed))
+        print(
+            f"  {name:<50} {kept:>6} kept in {dt:6.2f} s = {kept / dt:8.1f} images/s  "
+            f"({per_image * 1e3:.2f} ms/image + {fixed:.1f} s fixed)",
+            flush=True,
+        )
     base, one, two = rates
     print(f"ratio beam 1 worker / plain loop:  {one / base:.2f}  (aim >= 0.8)")
     print(f"ratio beam 2 workers / 1 worker:   {two / one:.2f}  (aim > 1.6)")
+    per_base, per_one, per_two = (r[3] for r in rows)
+    print(
+        f"per-image cost only (fixed costs removed): 1 worker / plain {per_base / per_one:.2f}, "
+        f"2 workers / 1 worker {per_one / per_two:.2f}"
+    )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return 0
