@@ -23,9 +23,9 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
     direct = opts.view_as(DirectOptions)
     if direct.direct_running_mode == "multi_threading" and (direct.direct_num_workers or 1) != 1:
         # Seen with apache-beam 2.77: per-stage counts off by one or two between runs (the accounting
-        # check refused those runs), and later (2026-11-22) 1 run in 12 of the demo where a shard
-        # writer got a different number of items than its plan: elements lost or repeated in
-        # flight. multi_processing gives the same bytes as one worker.
+        # check refused those runs); on 2026-11-22, with counts computed differently, 1 demo run in 12
+        # still failed with a RuntimeError raised in a DoFn (cause not pinned down). multi_processing
+        # gives the same bytes as one worker.
         raise ValueError(
             "--direct_running_mode=multi_threading with several workers gives inconsistent counts in "
             "this Beam version; use --direct_running_mode=multi_processing"
