@@ -162,15 +162,14 @@ def read_sidecar(path: str) -> tuple[list[str], dict[bytes, bytes]] | None:
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, output: str, schema: pa.Schema | None, overwrite: bool, planner: _Planner):
+    def __init__(self, output: str, schema: pa.Schema | None, overwrite: bool):
         self.output = output.rstrip("/")
         self.schema = schema
         self.overwrite = overwrite
-        self.planner = planner
 
-    def process(self, element, sizes) -> Iterator[ShardInfo]:
+    def process(self, element, plan) -> Iterator[ShardInfo]:
         idx, items = element
-        first, start, count = self.planner.plan(sizes)[idx]
+        first, start, count = plan[idx]
         items = sorted(items, key=lambda it: it.sort_key)
         if len(items) != count or items[0].sort_key != first:
             raise RuntimeError(f"shard {idx}: planned {count} items from {first}, got {len(items)}")
@@ -235,39 +234,20 @@ class WriteShards(beam.PTransform):
         self.overwrite = overwrite
 
     def expand(self, items):
-        # The plan needs every (sort_key, size): a side input of those small pairs, planned once per
-        # worker (cached), so the image bytes are shuffled once, by shard.
-        sizes = beam.pvalue.AsList(items | "Sizes" >> beam.Map(lambda it: (it.sort_key, it.nbytes)))
-        planner = _Planner(self.maxcount, self.maxsize)
+        maxcount, maxsize = self.maxcount, self.maxsize
+        # One global step over (sort_key, size) pairs; the workers get only the plan (one entry per
+        # shard), so the side input stays small however many samples there are.
+        plan = (
+            items
+            | "Sizes" >> beam.Map(lambda it: (it.sort_key, it.nbytes))
+            | "AllSizes" >> beam.combiners.ToList()
+            | "Plan" >> beam.Map(plan_shards, maxcount, maxsize)
+        )
+        plan_side = beam.pvalue.AsSingleton(plan)
         return (
             items
-            | "Assign" >> beam.ParDo(_AssignFn(planner), sizes)
+            | "Assign" >> beam.Map(lambda it, p: (shard_for(it.sort_key, p), it), plan_side)
             | "GroupShard" >> beam.GroupByKey()
             | "Write"
-            >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite, planner), sizes)
+            >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)
         )
-
-
-class _Planner:
-    """`plan_shards` of a side input, computed once per side-input object."""
-
-    def __init__(self, maxcount: int, maxsize: int):
-        self.maxcount = maxcount
-        self.maxsize = maxsize
-        self._cache: tuple[int, list[tuple[str, int, int]]] | None = None
-
-    def __getstate__(self) -> dict:
-        return {"maxcount": self.maxcount, "maxsize": self.maxsize, "_cache": None}
-
-    def plan(self, sizes: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
-        if self._cache is None or self._cache[0] != id(sizes):
-            self._cache = (id(sizes), plan_shards(sizes, self.maxcount, self.maxsize))
-        return self._cache[1]
-
-
-class _AssignFn(beam.DoFn):
-    def __init__(self, planner: _Planner):
-        self.planner = planner
-
-    def process(self, item: ShardItem, sizes) -> Iterator[tuple[int, ShardItem]]:
-        yield shard_for(item.sort_key, self.planner.plan(sizes)), item
