@@ -247,11 +247,12 @@ def test_interrupt_keeps_partial_progress(templates_copy, cache_dir):
             )
         on_disk = store.load("edge2img", templates_copy)
         assert len(on_disk.with_status("candidate")) == 3 and saved
-        # resume: cached responses cost nothing, only the others are sent, none twice
-        # (a request in flight at the interrupt may have finished and been cached too)
+        # resume: cached responses cost nothing, only the others are sent. The one request in
+        # flight at the interrupt is not waited for (Ctrl-C stays prompt): it is sent again unless
+        # its answer reached the cache before the resume asked for it (timing, so both occur).
         rep = generate(on_disk, EDGE, _client(srv.base_url, cache_dir), 10, concurrency=2)
         assert rep.cached >= 3 and rep.cached + rep.sent == 10
-        assert len(srv.requests) == 10
+        assert len(srv.requests) in (10, 11)
         assert len(on_disk.with_status("candidate")) == 10
 
 
