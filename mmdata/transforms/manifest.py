@@ -161,7 +161,7 @@ class WriteManifest(beam.PTransform):
 
     def expand(self, inputs):
         tallies, shards, rejects, tasks = inputs
-        counts = tallies | "CountStages" >> beam.combiners.Count.PerElement()
+        counts = tallies | "Tally" >> beam.combiners.Count.PerElement()  # summed in _FinalizeFn
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])

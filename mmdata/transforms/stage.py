@@ -3,8 +3,8 @@
 `Stage(name, fn)` applies `fn(element) -> output | Reject | Reason` to every element. Outputs go to `kept`,
 refusals to `rejects` (the dead-letter output) (with stage, reason, detail, source); an unexpected exception in `fn` becomes an
 `unexpected_error` reject instead of killing the job. Counts are Beam metrics (`<stage>/input`, `kept`,
-`rejected_<reason>`) and also data (`counts`: tallies that `CountStages` sums), so they land in the
-manifest on every runner:
+`rejected_<reason>`) and also data (`counts`: tallies, counted once per job by `WriteManifest`, or per
+stage by `CountStages`), so they land in the manifest on every runner:
 `input == kept + sum(rejected)` is checked when the manifest is written.
 """
 
@@ -127,8 +127,8 @@ def split_rejects(mixed: beam.PCollection) -> tuple[beam.PCollection, beam.PColl
 
 def stage_counts(name: str, inputs, kept, rejects) -> beam.PCollection:
     """The stage's tallies, computed from the data itself (not from metrics): one (name, tag) per input
-    ("input") and per output ("kept" or "rej:<reason>"). `CountStages` turns the tallies of all stages
-    into counts; the manifest checks input == kept + rejected per stage."""
+    ("input") and per output ("kept" or "rej:<reason>"). `WriteManifest` counts the tallies of all stages
+    and checks input == kept + rejected per stage."""
     tagged = (
         inputs | f"{name}/CountIn" >> beam.Map(lambda _, n=name: (n, "input")),
         kept | f"{name}/CountKept" >> beam.Map(lambda _, n=name: (n, "kept")),
