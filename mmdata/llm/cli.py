@@ -136,6 +136,8 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         n_shots=args.shots,
+        grammar=args.grammar,
+        grammar_field=args.grammar_field,
     )
     cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
     status = 0
@@ -374,6 +376,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--top-p", type=float, default=Sampling.top_p)
     g.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
     g.add_argument("--shots", type=int, default=Sampling.n_shots, help="examples per prompt")
+    g.add_argument(
+        "--grammar",
+        choices=["gbnf"],
+        default=None,
+        help="constrained decoding: a GBNF grammar that places each marker and placeholder exactly "
+        "once (llama.cpp servers; the reply is still validated)",
+    )
+    g.add_argument(
+        "--grammar-field",
+        default=Sampling.grammar_field,
+        help="request field the grammar goes in (llama.cpp: grammar; vLLM: guided_grammar)",
+    )
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-retries", type=int, default=5)
     g.add_argument("--cache-dir", default=None, help="response cache (default ~/.cache/mmdata/llm)")

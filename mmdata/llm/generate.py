@@ -149,6 +149,11 @@ def generate(
                     "n_shots": sampling.n_shots,
                     "shuffle_every": sampling.shuffle_every,
                     **({"stop": body["stop"]} if "stop" in body else {}),
+                    **(
+                        {"grammar": sampling.grammar, "grammar_field": sampling.grammar_field}
+                        if sampling.grammar
+                        else {}
+                    ),
                 },
                 "date": dt.date.today().isoformat(),
             },

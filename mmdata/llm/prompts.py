@@ -4,6 +4,11 @@
   next number; one rephrasing per call, generation stopped at the newline.
 * chat route (instruction-tuned models): the examples and the rules in one user message; the reply
   is the first line that is not a preamble.
+* optional constrained decoding (`grammar="gbnf"`): a GBNF grammar, sent in the `grammar` field that
+  llama.cpp's servers (llama-server, llama-cpp-python) read, lets the model write any one line of text
+  but places each of the task's markers and placeholders in it exactly once (markers in ascending
+  order). Other servers name the field differently (vLLM: `guided_grammar`), hence `grammar_field`.
+  The grammar only restricts sampling: every reply is still validated and reviewed.
 
 Examples are drawn from the task's accepted templates in an order fixed by the request's seed, so
 each request differs and the same seed gives the same prompt.
@@ -12,6 +17,7 @@ each request differs and the same seed gives the same prompt.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -31,6 +37,9 @@ class Sampling:
     # Consecutive seeds share one example order, so a local server reuses the evaluated prompt
     # (llama.cpp keeps the KV cache of the longest common prefix): only the reply is computed.
     shuffle_every: int = 10
+    # "gbnf": constrain decoding with `marker_grammar` (sent as body[grammar_field]); None: free text
+    grammar: str | None = None
+    grammar_field: str = "grammar"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +56,44 @@ def _token_phrase(spec: TaskSpec) -> str:
     if len(tokens) == 1:
         return tokens[0]
     return ", ".join(tokens[:-1]) + " and " + tokens[-1]
+
+
+def marker_grammar(spec: TaskSpec) -> str:
+    """A GBNF grammar for one line holding each of the task's markers and placeholders exactly once.
+
+    Free text between them may not contain brackets, braces or newlines; markers keep ascending order
+    (`[ref#1]` before `[ref#2]`), placeholders may go anywhere. The line may end with a newline so
+    the usual stop string ends the reply. One rule per set of tokens already written (a trie, so the
+    parse stays deterministic: the text never holds the first character of a token).
+    """
+    tokens = required_tokens(spec)
+    markers = list(spec.markers)
+
+    def allowed(done: frozenset[str]) -> list[str]:
+        nxt = [m for m in markers if m not in done][:1]  # the lowest marker not yet written
+        return nxt + [t for t in tokens if t not in markers and t not in done]
+
+    rules: dict[frozenset[str], str] = {}
+    todo = [frozenset()]
+    while todo:
+        done = todo.pop()
+        if done in rules:
+            continue
+        choices = []
+        for t in allowed(done):
+            after = done | {t}
+            choices.append(f"{json.dumps(t)} {_rule_name(after, tokens)}")
+            todo.append(after)
+        rules[done] = "text" + (f" ({' | '.join(choices)})" if choices else "")
+    lines = ['root ::= s0 "\\n"?']
+    for done in sorted(rules, key=lambda d: (len(d), int(_rule_name(d, tokens)[1:]))):
+        lines.append(f"{_rule_name(done, tokens)} ::= {rules[done]}")
+    lines.append("text ::= [^\\[\\]{}\\n]*")
+    return "\n".join(lines) + "\n"
+
+
+def _rule_name(done: frozenset[str], tokens: list[str]) -> str:
+    return "s" + str(sum(1 << i for i, t in enumerate(tokens) if t in done))
 
 
 def pick_examples(examples: list[str], k: int, seed: int) -> list[str]:
@@ -100,6 +147,10 @@ def request_body(
         body["stop"] = ["\n"]
     else:
         body["messages"] = chat_messages(spec, shots)
+    if sampling.grammar == "gbnf":
+        body["extra_body"] = {sampling.grammar_field: marker_grammar(spec)}
+    elif sampling.grammar is not None:
+        raise ValueError(f"unknown grammar kind {sampling.grammar!r} (known: gbnf)")
     return body
 
 

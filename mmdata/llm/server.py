@@ -262,12 +262,14 @@ def running_server() -> dict | None:
     return state
 
 
-def start_background(port: int | None = None, model: str | Path | None = None) -> dict:
+def start_background(
+    port: int | None = None, model: str | Path | None = None, n_threads: int | None = None
+) -> dict:
     """Start a detached server (or return the one already running) and record it."""
     state = running_server()
     if state is not None:
         return state
-    srv = LocalLLMServer(port=port, model=model).start(detach=True)
+    srv = LocalLLMServer(port=port, model=model, n_threads=n_threads).start(detach=True)
     state = {
         "pid": srv.proc.pid,
         "base_url": srv.base_url,
@@ -314,13 +316,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("action", choices=["start", "stop", "status", "run", "model-path"])
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for generation (default: llama.cpp's, half the cores)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.action == "model-path":
         print(model_path())
         return 0
     if args.action == "start":
-        state = start_background(args.port)
+        state = start_background(args.port, n_threads=args.threads)
         print(
             f"LLM server running: base_url={state['base_url']} model={state['model']} "
             f"pid={state['pid']}"
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(json.dumps(state, indent=2))
         return 0
-    srv = LocalLLMServer(port=args.port).start()
+    srv = LocalLLMServer(port=args.port, n_threads=args.threads).start()
     print(f"LLM server at {srv.base_url} (model {srv.alias}); Ctrl-C stops it", flush=True)
     try:
         srv.proc.wait()

@@ -128,3 +128,30 @@ def test_background_server_and_cli_generate(
     finally:
         assert server.stop_background()
     assert server.running_server() is None
+
+
+def test_grammar_constrained_replies_keep_every_marker(local_llm, cache_dir):
+    """`--grammar gbnf` on the real llama.cpp server: a reply that ends by itself holds each of
+    subject2img's three markers and two placeholders exactly once."""
+    from mmdata.llm.prompts import parse_reply, request_body
+
+    spec = get_task("subject2img")
+    client = _client(local_llm, "completion", cache_dir)
+    examples = [t.text for t in store.load("subject2img").with_status("accepted")]
+    sampling = Sampling(grammar="gbnf", max_tokens=96)
+    finished = 0
+    for seed in range(3):
+        body = request_body("completion", spec, examples, sampling, seed)
+        assert "grammar" in body["extra_body"]
+        res = client.request(body)
+        text = parse_reply("completion", res.text)
+        if res.finish_reason != "stop":
+            continue  # cut by max_tokens before the grammar's end: may lack tokens
+        finished += 1
+        token_reasons = [
+            r
+            for r in check_template(text, spec)
+            if r.split(":")[0].endswith(("marker", "placeholder"))
+        ]
+        assert token_reasons == [], (text, token_reasons)
+    assert finished >= 1

@@ -197,3 +197,46 @@ def test_minilm_vectors_match_sentence_transformers(embedder):
         v[1, :6], [-0.07896, -0.03941, -0.00492, 0.03163, 0.00781, 0.03817], atol=2e-5
     )
     assert float(v[0] @ v[1]) == pytest.approx(0.44223, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_marker_grammar_parses_and_matches_the_rules(name):
+    """The constrained-decoding grammar is valid GBNF (llama.cpp's own parser) and describes
+    exactly the lines that hold each marker/placeholder once, markers in order."""
+    import re
+
+    from llama_cpp import LlamaGrammar
+
+    from mmdata.llm.prompts import marker_grammar, required_tokens
+
+    spec = get_task(name)
+    gbnf = marker_grammar(spec)
+    LlamaGrammar.from_string(gbnf, verbose=False)  # raises on a grammar llama.cpp cannot parse
+    # Expand the grammar's rules into a regex (it has no recursion) and check it against the
+    # validator on valid and invalid lines.
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.strip().splitlines())
+
+    def rx(rule: str) -> str:
+        body = rules[rule]
+        if rule == "text":
+            return body  # a GBNF character class is also a Python regex
+        out = body
+        for tok in sorted(set(re.findall(r'"[^"]*"', out)), key=len, reverse=True):
+            out = out.replace(tok, re.escape(tok[1:-1].encode().decode("unicode_escape")))
+        return re.sub(r"\b(s\d+|text)\b", lambda m: f"(?:{rx(m.group(1))})", out).replace(" ", "")
+
+    pattern = re.compile(rx("root").replace(r"\\n?", r"\n?"))
+    toks = required_tokens(spec)
+    in_order = "Use " + " then ".join(toks) + " please."
+    assert pattern.fullmatch(in_order) and check_template(in_order, spec) == []
+    if len(toks) >= 1:
+        missing = "Use " + " then ".join(toks[1:]) + " please."
+        assert not pattern.fullmatch(missing)
+        twice = in_order + " " + toks[0]
+        assert not pattern.fullmatch(twice)
+    if len(spec.markers) >= 2:
+        swapped = (
+            in_order.replace("[ref#1]", "@").replace("[ref#2]", "[ref#1]").replace("@", "[ref#2]")
+        )
+        assert not pattern.fullmatch(swapped)
+    assert not pattern.fullmatch(in_order + " [ref 9]")
