@@ -1,7 +1,9 @@
 """Human review of candidate templates: interactive in a terminal, or from a decisions file.
 
 Only a candidate that passes validation (rules and near-duplicate checks, run first) can be
-accepted; a decision to accept anything else is refused and reported. Decisions are bound to the
+accepted; a decision to accept anything else is refused and reported. A template rejected by a
+reviewer (not by validation) can be accepted by a later decision: it is validated again, against
+the accepted set, first. Decisions are bound to the
 text they were made on: if a template's text differs from the decision's, the decision is refused.
 
 Decisions file (`templates/reviews/<task>.yaml`):
@@ -127,6 +129,10 @@ def apply_decisions(
         if entry.source == "seed":
             report.refused[tid] = "seed templates are not reviewed"
             continue
+        if decision == "accept" and _rejected_by_review(entry):
+            # a reviewer changes a review decision: validate it again as a candidate
+            entry.status, entry.reasons = "candidate", []
+            validate_file(tf, spec, embedder=embedder, threshold=threshold, ids={tid})
         if decision == "accept":
             problems = check_template(entry.text, spec)
             if entry.status != "candidate" or problems:
@@ -136,6 +142,14 @@ def apply_decisions(
         _mark(entry, decision, reviewer, d.get("note"))
         (report.accepted if decision == "accept" else report.rejected).append(tid)
     return report
+
+
+def _rejected_by_review(entry: TemplateEntry) -> bool:
+    return (
+        entry.status == "rejected"
+        and bool(entry.reasons)
+        and all(r.startswith("reviewer:") for r in entry.reasons)
+    )
 
 
 def _describe(entry: TemplateEntry) -> str:

@@ -240,3 +240,33 @@ def test_marker_grammar_parses_and_matches_the_rules(name):
         )
         assert not pattern.fullmatch(swapped)
     assert not pattern.fullmatch(in_order + " [ref 9]")
+
+
+def test_review_can_reverse_a_reviewer_rejection_but_not_a_validation_one(templates_copy, embedder):
+    first = "Let the edge map [ref#1] guide the outlines of {caption}."
+    twin = "Let the edge map [ref#1] guide the outlines of {caption}!"  # same normalised text
+    dropped = "Draw {caption} with nice lines."
+    tf = _tf_with(templates_copy, [first, dropped])
+    ids = [template_id("edge2img", t) for t in (first, dropped)]
+    review.apply_decisions(
+        tf,
+        EDGE,
+        [{"id": ids[0], "decision": "reject", "note": "too plain"}],
+        reviewer="a",
+        embedder=embedder,
+    )
+    assert tf.by_id()[ids[0]].status == "rejected"
+    rep = review.apply_decisions(
+        tf, EDGE, [{"id": i, "decision": "accept"} for i in ids], reviewer="b", embedder=embedder
+    )
+    by = tf.by_id()
+    assert rep.accepted == [ids[0]] and by[ids[0]].status == "accepted"
+    assert by[ids[0]].provenance["review"]["by"] == "b"
+    assert by[ids[1]].status == "rejected" and "missing_marker" in rep.refused[ids[1]]
+    # a reviewer-rejected near-duplicate of an accepted template stays rejected when re-accepted
+    tf2 = _tf_with(templates_copy, [twin])
+    tid = template_id("edge2img", twin)
+    tf2.by_id()[tid].status, tf2.by_id()[tid].reasons = "rejected", ["reviewer: meh"]
+    tf2.templates.append(by[ids[0]])
+    rep2 = review.apply_decisions(tf2, EDGE, [{"id": tid, "decision": "accept"}], reviewer="c")
+    assert tf2.by_id()[tid].status == "rejected" and "duplicate_of" in rep2.refused[tid]
