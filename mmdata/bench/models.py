@@ -1,7 +1,7 @@
 """`make bench-models`: images/s per model backend at a few batch sizes, beside a bare call of the same model
 on the same tensors in the same run.
 
-* bare: the model alone on inputs prepared beforehand (torch forward / onnxruntime run / cv2.Canny).
+* bare: the model alone on inputs prepared beforehand (torch forward / onnxruntime run / blur + cv2.Canny on the grey image).
 * handler: `ModelHandler.run_inference` on the decoded images (what RunInference calls per batch:
   conversion, resizing, normalisation, grouping, the model, postprocessing, rejects).
 * ratio = handler / bare (1.0 = no framework overhead; the preprocessing share is printed beside it).

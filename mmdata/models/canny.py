@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from mmdata.models.base import WHITE, BatchedModelHandler, prepare_image, to_rgb
+from mmdata.models.base import WHITE, BatchedModelHandler, prepare_image
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,34 @@ class CannyParams:
     sigma: float = 0.33  # automatic thresholds: (1 -+ sigma) * median
 
 
-def canny_edges(rgb: np.ndarray, params: CannyParams) -> np.ndarray:
-    """uint8 HxWx3 RGB -> uint8 HxW edge map (0 or 255)."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+@functools.lru_cache(maxsize=16)
+def _luma(rgb: tuple[int, int, int]) -> int:
+    return int(cv2.cvtColor(np.array([[rgb]], dtype=np.uint8), cv2.COLOR_RGB2GRAY)[0, 0])
+
+
+def to_grey(image: np.ndarray, background: tuple[int, int, int] = WHITE) -> np.ndarray:
+    """uint8 HxWx3 RGB or HxWx4 RGBA -> uint8 HxW luma (ITU-R 601, as OpenCV), RGBA composited on
+    `background`. The alpha blend is done on the luma (one channel instead of three): rounded
+    integer blend, (g * a + bg * (255 - a) + 127) // 255, bg being the background's luma."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
+    alpha = np.ascontiguousarray(image[:, :, 3])
+    bg = _luma(tuple(background))
+    if bg == 255:
+        # 255 - round((255 - g) * a / 255): the same integers as the blend above, in OpenCV's
+        # saturating uint8 arithmetic (x / 255 never falls on .5 for integer x)
+        return cv2.bitwise_not(cv2.multiply(cv2.bitwise_not(grey), alpha, scale=1 / 255))
+    a = alpha.astype(np.uint16)
+    out = grey.astype(np.uint16) * a + bg * (255 - a) + 127
+    return (out // 255).astype(np.uint8)
+
+
+def canny_edges(image: np.ndarray, params: CannyParams) -> np.ndarray:
+    """uint8 HxW grey (or HxWx3 RGB) -> uint8 HxW edge map (0 or 255)."""
+    grey = to_grey(image)
     if params.blur and params.blur > 1:
         grey = cv2.GaussianBlur(grey, (params.blur, params.blur), 0)
     if params.low is None or params.high is None:
@@ -63,7 +89,7 @@ class CannyEdgeHandler(BatchedModelHandler[np.ndarray, CannyParams]):
         return self.params
 
     def prepare(self, example: Any) -> np.ndarray:
-        return to_rgb(prepare_image(example, 3), self.background)
+        return to_grey(prepare_image(example, 3), self.background)
 
     def forward(self, model: CannyParams, items: list[np.ndarray]) -> list[np.ndarray]:
         return [canny_edges(x, model) for x in items]

@@ -114,3 +114,30 @@ def test_canny_batch_invariance(low, high, photos) -> None:  # noqa: ANN001
     together = [r.inference for r in infer((h, m), imgs)]
     for img, out in zip(imgs, together, strict=True):
         np.testing.assert_array_equal(out, infer((h, m), [img])[0].inference)
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (10, 200, 30)])
+def test_canny_grey_composite_is_the_rounded_alpha_blend(background) -> None:  # noqa: ANN001
+    """Canny's input: the luma composited on the background's luma, (g*a + bg*(255-a) + 127) // 255
+    exactly (white uses OpenCV's saturating arithmetic), within 1 of compositing RGB first."""
+    import cv2
+
+    from mmdata.models.base import to_rgb
+    from mmdata.models.canny import to_grey
+
+    rgba = np.random.default_rng(3).integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[0, :, 3] = 0
+    rgba[1, :, 3] = 255
+    grey = to_grey(rgba, background)
+    g = cv2.cvtColor(rgba, cv2.COLOR_RGBA2GRAY).astype(int)
+    a = rgba[:, :, 3].astype(int)
+    bg = int(cv2.cvtColor(np.array([[background]], np.uint8), cv2.COLOR_RGB2GRAY)[0, 0])
+    assert np.array_equal(grey, (g * a + bg * (255 - a) + 127) // 255)
+    assert (grey[0] == bg).all() and np.array_equal(grey[1], g[1])
+    via_rgb = cv2.cvtColor(to_rgb(rgba, background), cv2.COLOR_RGB2GRAY).astype(int)
+    assert np.abs(grey - via_rgb).max() <= 1
+    h = CannyEdgeHandler(background=background)
+    assert np.array_equal(h.prepare(rgba), grey)
+    assert np.array_equal(
+        h.prepare(rgba[:, :, :3]), cv2.cvtColor(rgba[:, :, :3], cv2.COLOR_RGB2GRAY)
+    )
