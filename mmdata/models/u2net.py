@@ -93,7 +93,8 @@ class U2NetMaskHandler(BatchedModelHandler[np.ndarray, Any]):
             if source == ALPHA_SOURCE:
                 out.append((x, source))
                 continue
-            # The exported graph has a fixed batch of 1.
+            # The exported graph has a fixed batch of 1. A batch-dynamic copy gave identical masks
+            # and the same CPU time for 8 images as 8 single runs (2026-11-22): no reason to edit it.
             pred = model.run(None, {name: x[None]})[0][0, 0]
             out.append((normalise_mask(pred, size), source))
         return out
