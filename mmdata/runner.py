@@ -10,6 +10,8 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+from apache_beam.runners.runner import PipelineRunner
 
 log = logging.getLogger("mmdata")
 
@@ -35,6 +37,60 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
 
         patch_dask_runner()
     return opts
+
+
+class LocalDirectRunner(PipelineRunner):
+    """Beam's DirectRunner without its first try on PrismRunner.
+
+    Since Beam 2.6x, `DirectRunner` first tries to run a batch pipeline on Prism, which downloads a
+    Go binary from GitHub at run time (and, offline, logs the failure and falls back). mmdata
+    fetches nothing unless the user configured it, and its DirectRunner figures and tests are
+    for the FnApiRunner, so "DirectRunner" here means what Beam runs after that try: the
+    FnApiRunner (honouring `--direct_num_workers` / `--direct_running_mode`), or the bundle-based
+    runner for the streaming-only primitives the FnApiRunner lacks. Ask for Prism with
+    `--runner=PrismRunner`.
+    """
+
+    def is_fnapi_compatible(self) -> bool:
+        return BundleBasedDirectRunner.is_fnapi_compatible()
+
+    def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
+        from apache_beam.pipeline import PipelineVisitor
+        from apache_beam.testing.test_stream import TestStream
+
+        class _NeedsBundleRunner(PipelineVisitor):
+            found = False
+
+            def visit_transform(self, applied) -> None:  # noqa: ANN001
+                if isinstance(applied.transform, TestStream):
+                    self.found = True
+
+        visitor = _NeedsBundleRunner()
+        pipeline.visit(visitor)
+        if visitor.found:
+            return BundleBasedDirectRunner().run_pipeline(pipeline, options)
+        from apache_beam.portability.api import beam_provision_api_pb2
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+        from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+        info = fn_runner.ExtendedProvisionInfo(
+            beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+        )
+        return fn_runner.FnApiRunner(provision_info=info).run_pipeline(pipeline, options)
+
+
+_DIRECT_NAMES = {"directrunner", "direct", "switchingdirectrunner"}
+
+
+def is_direct(runner: Any) -> bool:
+    return runner is None or str(runner).lower() in _DIRECT_NAMES
+
+
+def local_runner(opts: PipelineOptions) -> PipelineRunner | None:
+    """The runner object to build a pipeline with: `LocalDirectRunner` for the DirectRunner (the
+    default), None (Beam resolves `--runner`) for any other runner."""
+    return LocalDirectRunner() if is_direct(opts.view_as(StandardOptions).runner) else None
 
 
 def unknown_beam_args(args: list[str]) -> list[str]:
@@ -68,7 +124,7 @@ def run_pipeline(
         build(test_pipeline)
         return
     opts = pipeline_options(beam_args)
-    with beam.Pipeline(options=opts) as p:
+    with beam.Pipeline(runner=local_runner(opts), options=opts) as p:
         build(p)
     if "DaskRunner" in str(opts.view_as(StandardOptions).runner):
         _close_dask_client()

@@ -30,6 +30,7 @@ import apache_beam as beam
 import numpy as np
 
 from mmdata.models.base import BatchedModelHandler
+from mmdata.runner import LocalDirectRunner
 
 MAX_PIPELINE_IMAGES = 128
 CORPUS = Path(__file__).resolve().parents[1] / "sample_corpus"
@@ -218,7 +219,7 @@ def bench_pipeline(
 
     def job(with_model: bool) -> float:
         t = time.perf_counter()
-        with beam.Pipeline() as p:
+        with beam.Pipeline(runner=LocalDirectRunner()) as p:
             pc = p | beam.Create(range(len(elements))) | beam.ParDo(_LoadElement(path))
             if with_model:
                 pc = pc | RunInference(handler)

@@ -246,3 +246,30 @@ def test_killed_run_leaves_no_partial_shard(corpus, direct_run, tmp_path):
     run_demo(corpus[0], clean, maxcount=1)
     assert shard_bytes(out) == shard_bytes(clean)
     assert not list(out.glob("*.tmp-*"))
+
+
+def test_default_runner_never_tries_prism(corpus, tmp_path, monkeypatch):
+    """Beam's DirectRunner first tries PrismRunner, which downloads a binary from GitHub at run
+    time; mmdata's DirectRunner (the default) runs on the FnApiRunner without that try."""
+    from apache_beam.runners.portability import prism_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from mmdata.runner import LocalDirectRunner, local_runner, pipeline_options
+
+    tried: list[str] = []
+    monkeypatch.setattr(
+        prism_runner.PrismRunner, "run_pipeline", lambda *a, **k: tried.append("prism")
+    )
+    ran = []
+    original = fn_runner.FnApiRunner.run_pipeline
+
+    def spy(self, pipeline, options):  # noqa: ANN001, ANN202
+        ran.append(type(self).__name__)
+        return original(self, pipeline, options)
+
+    monkeypatch.setattr(fn_runner.FnApiRunner, "run_pipeline", spy)
+    m = run_demo(corpus[0], tmp_path / "ds")
+    assert tried == [] and ran == ["FnApiRunner"] and m["totals"]["samples"] > 0
+    assert isinstance(local_runner(pipeline_options([])), LocalDirectRunner)
+    assert isinstance(local_runner(pipeline_options(["--runner=direct"])), LocalDirectRunner)
+    assert local_runner(pipeline_options(["--runner=PrismRunner"])) is None

@@ -22,6 +22,7 @@ from mmdata import weights
 from mmdata.models import make_handler
 from mmdata.models.annotators import ControlNetAnnotatorHandler
 from mmdata.models.base import is_reject
+from mmdata.runner import LocalDirectRunner
 
 from .conftest import infer, outputs
 
@@ -118,7 +119,7 @@ def test_through_runinference(tmp_path, photos) -> None:  # noqa: ANN001
         )
         assert shapes == want, shapes
 
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         out = p | beam.Create(images, reshuffle=False) | RunInference(handler)
         assert_that(out, check)
 

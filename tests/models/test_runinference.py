@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from mmdata.models.base import is_reject
 from mmdata.models.canny import CannyEdgeHandler
 from mmdata.models.u2net import U2NetMaskHandler
+from mmdata.runner import LocalDirectRunner
 
 from .conftest import SETS, outputs
 
@@ -36,7 +37,7 @@ def test_u2net_through_runinference_with_rejects(icons, u2net) -> None:  # noqa:
         close = np.allclose(result.inference, expected[key], atol=1e-6)
         return key, result.model_id, bool(close)
 
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         results = p | beam.Create(elements) | RunInference(handler)
         parts = results | beam.Partition(lambda kv, n: int(is_reject(kv[1])), 2)
         assert_that(
@@ -56,7 +57,7 @@ def test_canny_batches_via_runinference_equal_direct_calls(photos) -> None:  # n
     h = CannyEdgeHandler(min_batch_size=2, max_batch_size=2)
     assert h.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 2}
     direct = {n: outputs((h, h.load_model()), [photos[n]])[0] for n in names}
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         out = (
             p
             | beam.Create([(n, photos[n]) for n in names])

@@ -18,6 +18,7 @@ from mmdata.config import IngestConfig, QualityConfig
 from mmdata.io.readers import ReadFolder, ReadManifest, ReadWebDataset
 from mmdata.io.shards import ShardItem, WriteShards
 from mmdata.records import RawRecord
+from mmdata.runner import LocalDirectRunner
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.quality import QualityFilter
 from mmdata.transforms.stage import CountStages
@@ -35,7 +36,7 @@ def test_ingest_splits_kept_and_rejects_with_metrics():
         _raw("c", good, caption=b"\xff\xfe"),
         _raw("a", imagegen.encode(imagegen.photo("rocket", 64)), source="mem://z"),  # duplicate key
     ]
-    p = TestPipeline()
+    p = TestPipeline(runner=LocalDirectRunner())
     out = p | beam.Create(records) | Ingest(IngestConfig())
     assert_that(
         out["kept"] | "K" >> beam.Map(lambda r: (r.key, r.mode, r.width)),
@@ -87,7 +88,7 @@ def test_quality_filter_counts():
             [imagegen.photo("astronaut", 96), imagegen.shape(3), imagegen.photo("coffee", 16)]
         )
     ]
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         out = p | beam.Create(pairs) | QualityFilter(QualityConfig())
         assert_that(out["kept"] | beam.Map(lambda r: r.key), equal_to(["k0", "k1"]), label="kept")
         assert_that(
@@ -106,7 +107,7 @@ def test_quality_filter_counts():
 def test_read_folder(tmp_path):
     keys = imagegen.good_folder(tmp_path, n_shapes=3)
     (tmp_path / "README.md").write_text("ignored")
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         recs = p | ReadFolder(str(tmp_path))
         assert_that(
             recs | beam.Map(lambda r: (r.key, r.error is None, r.image is not None)),
@@ -136,7 +137,7 @@ def test_read_manifest_formats(tmp_path):
         ("m.jsonl", [None, "missing_file", "missing_path", "bad_manifest_row"]),
         ("m.csv", [None]),
     ]:
-        with TestPipeline() as p:
+        with TestPipeline(runner=LocalDirectRunner()) as p:
             recs = p | ReadManifest(str(tmp_path / name))
             assert_that(
                 recs | beam.Map(lambda r: r.error[0] if r.error else None), equal_to(expected)
@@ -175,7 +176,7 @@ def test_read_webdataset_with_unsafe_and_failed(tmp_path):
     )
     whole = (tmp_path / "00000.tar").read_bytes()
     (tmp_path / "00001.tar").write_bytes(whole[: len(whole) // 3])  # truncated tar
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         recs = p | ReadWebDataset(str(tmp_path / "*.tar"))
         assert_that(
             recs
@@ -207,7 +208,7 @@ def _items(n):
 
 def test_write_shards_deterministic_and_readable(tmp_path):
     for run in ("a", "b"):
-        with TestPipeline() as p:
+        with TestPipeline(runner=LocalDirectRunner()) as p:
             infos = p | beam.Create(_items(23)) | WriteShards(str(tmp_path / run), maxcount=10)
             assert_that(
                 infos | beam.Map(lambda s: (s.name, s.samples)),
@@ -230,7 +231,7 @@ def test_write_shards_deterministic_and_readable(tmp_path):
 
 
 def test_write_shards_maxsize(tmp_path):
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         infos = (
             p | beam.Create(_items(12)) | WriteShards(str(tmp_path), maxcount=100, maxsize=3 * 1100)
         )
@@ -242,7 +243,7 @@ def test_write_shards_maxsize(tmp_path):
 
 def test_write_shards_skips_complete(tmp_path):
     def run():
-        with TestPipeline() as p:
+        with TestPipeline(runner=LocalDirectRunner()) as p:
             p | beam.Create(_items(15)) | WriteShards(str(tmp_path), maxcount=10)
 
     run()
@@ -260,9 +261,9 @@ def test_tar_bytes_independent_of_input_order(tmp_path):
 
     items = _items(9)
     random.Random(1).shuffle(items)
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         p | beam.Create(items) | WriteShards(str(tmp_path / "x"), maxcount=100)
-    with TestPipeline() as p:
+    with TestPipeline(runner=LocalDirectRunner()) as p:
         p | beam.Create(_items(9)) | WriteShards(str(tmp_path / "y"), maxcount=100)
     assert (tmp_path / "x" / "00000.tar").read_bytes() == (
         tmp_path / "y" / "00000.tar"
