@@ -256,8 +256,14 @@ def running_server() -> dict | None:
     if not _pid_alive(int(state.get("pid", -1))):
         return None
     try:
-        _get_json(f"{state['base_url']}/models", timeout=2.0)
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        _get_json(f"{state['base_url']}/models", timeout=5.0)
+    except TimeoutError:
+        return state  # connected but slow to answer: busy generating, not gone
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, TimeoutError):
+            return state
+        return None
+    except (OSError, ValueError, KeyError):
         return None
     return state
 

@@ -298,3 +298,29 @@ def test_api_key_never_lands_in_files_or_output(
     assert len(prov["prompt_sha256"]) == 64 and prov["sampling"]["seed"] in (0, 1)
     assert prov["sampling"]["stop"] == ["\n"] and prov["date"]
     assert json.dumps(prov)  # plain data
+
+
+def test_busy_background_server_is_still_found(tmp_path, monkeypatch):
+    """A background server busy generating answers /models slowly: it is still the running one
+    (not treated as gone, which would start a second server); a closed port is gone."""
+    import os
+    import socket
+
+    from mmdata.llm import server
+
+    monkeypatch.setenv("MMDATA_CACHE_DIR", str(tmp_path))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)  # accepts connections, never answers
+    port = busy.getsockname()[1]
+    state = {"pid": os.getpid(), "base_url": f"http://127.0.0.1:{port}/v1", "model": "m"}
+    server.state_file().write_text(json.dumps(state))
+    try:
+        assert server.running_server() == state
+    finally:
+        busy.close()
+    closed = free_port()
+    server.state_file().write_text(
+        json.dumps({**state, "base_url": f"http://127.0.0.1:{closed}/v1"})
+    )
+    assert server.running_server() is None
