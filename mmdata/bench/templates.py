@@ -1,12 +1,13 @@
 """`make bench-templates`: template generation throughput on the bundled local LLM server.
 
-For each route (few-shot completion, chat) it sends fresh requests (an empty response cache) for
+For each route (few-shot completion, chat, and few-shot completion constrained by the GBNF marker
+grammar, `--grammar gbnf`, on llama.cpp servers) it sends fresh requests (an empty response cache) for
 rephrasings of the task's accepted templates, validates the replies (rules + MiniLM
 near-duplicates) and reports, per route: requests/min, valid templates/min and the acceptance rate
 (valid / replies). "Valid" is what validation keeps, i.e. what a reviewer is then shown; the human
 review that follows is not part of the benchmark.
 
-    python -m mmdata.bench.templates [--task edge2img] [--n-completion 24] [--n-chat 6]
+    python -m mmdata.bench.templates [--task edge2img] [--n-completion 24] [--n-chat 6] [--n-grammar 6]
                                      [--base-url URL --model ID]  (another endpoint instead)
                                      [--out out/bench/templates.json]
 """
@@ -31,7 +32,14 @@ from mmdata.llm.validate import default_embedder, validate_file
 
 
 def run_route(
-    base_url: str, model: str, route: str, task: str, n: int, kind: str, concurrency: int
+    base_url: str,
+    model: str,
+    route: str,
+    task: str,
+    n: int,
+    kind: str,
+    concurrency: int,
+    sampling: Sampling | None = None,
 ) -> dict:
     spec = get_task(task)
     with tempfile.TemporaryDirectory(prefix="mmdata-bench-") as tmp:
@@ -47,13 +55,14 @@ def run_route(
         )
         client = LLMClient(cfg, ResponseCache(Path(tmp) / "cache"))
         t0 = time.monotonic()
-        rep = generate(tf, spec, client, n, sampling=Sampling(), concurrency=concurrency)
+        sampling = sampling or Sampling()
+        rep = generate(tf, spec, client, n, sampling=sampling, concurrency=concurrency)
         gen_s = time.monotonic() - t0
         vrep = validate_file(tf, spec, embedder=default_embedder(), ids=set(rep.added))
         total_s = time.monotonic() - t0
     replies = rep.responses
     return {
-        "route": route,
+        "route": route + ("+gbnf" if sampling.grammar else ""),
         "task": task,
         "requests": n,
         "replies": replies,
@@ -80,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-completion", type=int, default=24)
     p.add_argument("--n-chat", type=int, default=6)
     p.add_argument(
+        "--n-grammar",
+        type=int,
+        default=None,
+        help="completion requests constrained by the marker grammar (default 6 on the local "
+        "llama.cpp server, 0 with --base-url: other servers may not take a GBNF grammar)",
+    )
+    p.add_argument(
         "--concurrency",
         type=int,
         default=1,
@@ -90,11 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/bench/templates.json")
     args = p.parse_args(argv)
 
+    n_grammar = args.n_grammar if args.n_grammar is not None else (0 if args.base_url else 6)
+    runs = [
+        ("completion", args.n_completion, None),
+        ("chat", args.n_chat, None),
+        ("completion", n_grammar, Sampling(grammar="gbnf")),
+    ]
+    runs = [r for r in runs if r[1] > 0]
     results = []
     if args.base_url:
         if not args.model:
             p.error("--model is required with --base-url")
-        for route, n in (("completion", args.n_completion), ("chat", args.n_chat)):
+        for route, n, sampling in runs:
             results.append(
                 run_route(
                     args.base_url,
@@ -104,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     n,
                     "openai-compatible",
                     args.concurrency,
+                    sampling,
                 )
             )
         server_s = None
@@ -113,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with LocalLLMServer() as srv:
             server_s = round(time.monotonic() - t0, 1)
-            for route, n in (("completion", args.n_completion), ("chat", args.n_chat)):
+            for route, n, sampling in runs:
                 results.append(
                     run_route(
                         srv.base_url,
@@ -123,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                         n,
                         ENDPOINT_KIND,
                         args.concurrency,
+                        sampling,
                     )
                 )
     report = {
@@ -133,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         "routes": results,
     }
     print(
-        f"{'route':11s} {'replies':>7s} {'valid':>5s} {'accept.rate':>11s} "
+        f"{'route':16s} {'replies':>7s} {'valid':>5s} {'accept.rate':>11s} "
         f"{'req/min':>8s} {'valid/min':>9s}"
     )
     for r in results:
         print(
-            f"{r['route']:11s} {r['replies']:7d} {r['valid']:5d} {r['acceptance_rate']:11.2f} "
+            f"{r['route']:16s} {r['replies']:7d} {r['valid']:5d} {r['acceptance_rate']:11.2f} "
             f"{r['requests_per_min']:8.1f} {r['valid_per_min']:9.2f}"
         )
     if server_s is not None:
