@@ -55,15 +55,38 @@ class LocalDirectRunner(PipelineRunner):
         return BundleBasedDirectRunner.is_fnapi_compatible()
 
     def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
+        import itertools
+
+        from apache_beam.internal.util import ArgumentPlaceholder
         from apache_beam.pipeline import PipelineVisitor
         from apache_beam.testing.test_stream import TestStream
+        from apache_beam.transforms import userstate
+        from apache_beam.transforms.core import CombineValuesDoFn
+        from apache_beam.transforms.timeutil import TimeDomain
 
         class _NeedsBundleRunner(PipelineVisitor):
+            """What Beam's DirectRunner sends to the bundle-based runner instead of the FnApiRunner
+            (same checks as its `_FnApiRunnerSupportVisitor`)."""
+
             found = False
 
             def visit_transform(self, applied) -> None:  # noqa: ANN001
-                if isinstance(applied.transform, TestStream):
+                t = applied.transform
+                if isinstance(t, TestStream):
                     self.found = True
+                if isinstance(t, beam.ParDo):
+                    dofn = t.dofn
+                    if isinstance(dofn, CombineValuesDoFn):
+                        args, kwargs = t.raw_side_inputs
+                        if any(
+                            isinstance(a, ArgumentPlaceholder)
+                            for a in itertools.chain(args, kwargs.values())
+                        ):
+                            self.found = True
+                    if userstate.is_stateful_dofn(dofn):
+                        _, timers = userstate.get_dofn_specs(dofn)
+                        if any(tm.time_domain == TimeDomain.REAL_TIME for tm in timers):
+                            self.found = True
 
         visitor = _NeedsBundleRunner()
         pipeline.visit(visitor)

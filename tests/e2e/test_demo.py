@@ -273,3 +273,23 @@ def test_default_runner_never_tries_prism(corpus, tmp_path, monkeypatch):
     assert isinstance(local_runner(pipeline_options([])), LocalDirectRunner)
     assert isinstance(local_runner(pipeline_options(["--runner=direct"])), LocalDirectRunner)
     assert local_runner(pipeline_options(["--runner=PrismRunner"])) is None
+
+
+def test_local_runner_sends_streaming_only_primitives_to_the_bundle_runner(monkeypatch):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+    from apache_beam.testing.test_stream import TestStream
+
+    from mmdata.runner import LocalDirectRunner
+
+    used = []
+    monkeypatch.setattr(
+        BundleBasedDirectRunner, "run_pipeline", lambda self, p, o: used.append("bundle")
+    )
+    opts = PipelineOptions()
+    opts.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(runner=LocalDirectRunner(), options=opts)
+    _ = p | TestStream().add_elements([1, 2]).advance_watermark_to_infinity() | beam.Map(str)
+    p.run()
+    assert used == ["bundle"]
