@@ -138,6 +138,8 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         n_shots=args.shots,
         grammar=args.grammar,
         grammar_field=args.grammar_field,
+        grammar_max_text=args.grammar_max_text,
+        group_markers=args.group_markers,
     )
     cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
     status = 0
@@ -387,6 +389,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--grammar-field",
         default=Sampling.grammar_field,
         help="request field the grammar goes in (llama.cpp: grammar; vLLM: guided_grammar)",
+    )
+    g.add_argument(
+        "--grammar-max-text",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --grammar: at most N characters of free text between two markers/placeholders",
+    )
+    g.add_argument(
+        "--group-markers",
+        action="store_true",
+        help="tasks whose markers share one role (subject2img): show the marker list as one token "
+        "{refs} to the model and expand it back before validation",
     )
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-retries", type=int, default=5)

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from mmdata.core.tasks import TaskSpec
 from mmdata.llm.client import LLMClient, LLMError, LLMResult, RequestFailed
-from mmdata.llm.prompts import Sampling, parse_reply, prompt_hash, request_body
+from mmdata.llm.prompts import (
+    GROUP_TOKEN,
+    Sampling,
+    expand_group,
+    marker_list,
+    parse_reply,
+    prompt_hash,
+    request_body,
+)
 from mmdata.llm.store import TemplateEntry, TemplateFile, template_id
 
 log = logging.getLogger(__name__)
@@ -119,7 +127,9 @@ def generate(
     def take(i: int, body: dict, res: LLMResult) -> None:
         report.responses += 1
         report.cached += int(res.cached)
-        text = parse_reply(route, res.text)
+        text = reply = parse_reply(route, res.text)
+        if text and sampling.group_markers:
+            text = expand_group(spec, text)
         if not text:
             report.empty += 1
             return
@@ -150,11 +160,25 @@ def generate(
                     "shuffle_every": sampling.shuffle_every,
                     **({"stop": body["stop"]} if "stop" in body else {}),
                     **(
-                        {"grammar": sampling.grammar, "grammar_field": sampling.grammar_field}
+                        {
+                            "grammar": sampling.grammar,
+                            "grammar_field": sampling.grammar_field,
+                            **(
+                                {"grammar_max_text": sampling.grammar_max_text}
+                                if sampling.grammar_max_text is not None
+                                else {}
+                            ),
+                        }
                         if sampling.grammar
                         else {}
                     ),
+                    **(
+                        {"group_markers": {GROUP_TOKEN: marker_list(spec)}}
+                        if sampling.group_markers
+                        else {}
+                    ),
                 },
+                **({"model_text": reply} if sampling.group_markers else {}),
                 "date": dt.date.today().isoformat(),
             },
         )

@@ -40,17 +40,57 @@ class Sampling:
     # "gbnf": constrain decoding with `marker_grammar` (sent as body[grammar_field]); None: free text
     grammar: str | None = None
     grammar_field: str = "grammar"
+    # with the grammar: at most this many characters of free text between two tokens (None: any);
+    # keeps a small model from rambling on before it writes the next marker
+    grammar_max_text: int | None = None
+    # tasks whose markers all share one role (subject2img's three subject images): the examples show
+    # the marker list "[ref#1], [ref#2] and [ref#3]" as one token, GROUP_TOKEN, so a small model has
+    # fewer tokens to keep; the reply's GROUP_TOKEN is expanded back to that list before validation
+    group_markers: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+GROUP_TOKEN = "{refs}"
 
 
 def required_tokens(spec: TaskSpec) -> list[str]:
     return list(spec.markers) + [f"{{{p}}}" for p in spec.placeholders]
 
 
-def _token_phrase(spec: TaskSpec) -> str:
-    tokens = required_tokens(spec)
+def marker_list(spec: TaskSpec) -> str:
+    """The task's markers as one English list: "[ref#1], [ref#2] and [ref#3]"."""
+    markers = list(spec.markers)
+    if len(markers) < 2:
+        return "".join(markers)
+    return ", ".join(markers[:-1]) + " and " + markers[-1]
+
+
+def check_groupable(spec: TaskSpec) -> None:
+    """Grouping the markers is only meaningful when they are interchangeable (one role, several)."""
+    if len(spec.roles) < 2 or len(set(spec.roles)) != 1:
+        raise ValueError(
+            f"--group-markers needs a task whose markers share one role; {spec.name} has roles "
+            f"{list(spec.roles) or 'none'}"
+        )
+
+
+def group_examples(spec: TaskSpec, examples: list[str]) -> list[str]:
+    """The examples that write the markers as the plain list, with the list as GROUP_TOKEN."""
+    check_groupable(spec)
+    listed = marker_list(spec)
+    return [ex.replace(listed, GROUP_TOKEN) for ex in examples if ex.count(listed) == 1]
+
+
+def expand_group(spec: TaskSpec, text: str) -> str:
+    """A grouped reply back in the task's own markers (every GROUP_TOKEN becomes the list, so a
+    reply that repeats it repeats the markers and fails validation)."""
+    return text.replace(GROUP_TOKEN, marker_list(spec))
+
+
+def _token_phrase(spec: TaskSpec, tokens: list[str] | None = None) -> str:
+    tokens = required_tokens(spec) if tokens is None else tokens
     if not tokens:
         return ""
     if len(tokens) == 1:
@@ -58,14 +98,17 @@ def _token_phrase(spec: TaskSpec) -> str:
     return ", ".join(tokens[:-1]) + " and " + tokens[-1]
 
 
-def marker_grammar(spec: TaskSpec) -> str:
+def marker_grammar(spec: TaskSpec, max_text: int | None = None) -> str:
     """A GBNF grammar for one line holding each of the task's markers and placeholders exactly once.
 
     Free text between them may not contain brackets, braces or newlines; markers keep ascending order
     (`[ref#1]` before `[ref#2]`), placeholders may go anywhere. The line may end with a newline so
     the usual stop string ends the reply. One rule per set of tokens already written (a trie, so the
-    parse stays deterministic: the text never holds the first character of a token).
+    parse stays deterministic: the text never holds the first character of a token). `max_text`
+    bounds each stretch of free text (GBNF `{0,N}`).
     """
+    if max_text is not None and max_text < 1:
+        raise ValueError(f"max_text must be a positive number of characters, got {max_text}")
     tokens = required_tokens(spec)
     markers = list(spec.markers)
 
@@ -88,7 +131,7 @@ def marker_grammar(spec: TaskSpec) -> str:
     lines = ['root ::= s0 "\\n"?']
     for done in sorted(rules, key=lambda d: (len(d), int(_rule_name(d, tokens)[1:]))):
         lines.append(f"{_rule_name(done, tokens)} ::= {rules[done]}")
-    lines.append("text ::= [^\\[\\]{}\\n]*")
+    lines.append("text ::= [^\\[\\]{}\\n]" + ("*" if max_text is None else f"{{0,{max_text}}}"))
     return "\n".join(lines) + "\n"
 
 
@@ -103,28 +146,30 @@ def pick_examples(examples: list[str], k: int, seed: int) -> list[str]:
     return pool[: max(1, k)]
 
 
-def completion_prompt(spec: TaskSpec, examples: list[str]) -> str:
+def completion_prompt(spec: TaskSpec, examples: list[str], tokens: list[str] | None = None) -> str:
     header = (
         f"Below is a numbered list of instructions for an image generator. Every instruction asks "
         f"it to {spec.description}"
     )
-    tokens = _token_phrase(spec)
-    if tokens:
-        header += f", and every instruction contains {tokens} exactly once"
+    phrase = _token_phrase(spec, tokens)
+    if phrase:
+        header += f", and every instruction contains {phrase} exactly once"
     lines = [header + ".", ""]
     lines += [f"{i + 1}. {ex}" for i, ex in enumerate(examples)]
     lines.append(f"{len(examples) + 1}.")
     return "\n".join(lines)
 
 
-def chat_messages(spec: TaskSpec, examples: list[str]) -> list[dict[str, str]]:
-    tokens = _token_phrase(spec)
+def chat_messages(
+    spec: TaskSpec, examples: list[str], tokens: list[str] | None = None
+) -> list[dict[str, str]]:
+    phrase = _token_phrase(spec, tokens)
     rules = [
         f"Write one new instruction that asks the image generator to {spec.description}, "
         "with the same meaning as the examples but different wording."
     ]
-    if tokens:
-        rules.append(f"Copy {tokens} exactly as written, each exactly once.")
+    if phrase:
+        rules.append(f"Copy {phrase} exactly as written, each exactly once.")
     rules.append("Add nothing else in square brackets or curly braces.")
     rules.append("Reply with the instruction only, on one line.")
     user = "Examples:\n" + "\n".join(f"- {ex}" for ex in examples) + "\n\n" + " ".join(rules)
@@ -135,6 +180,17 @@ def request_body(
     route: str, spec: TaskSpec, examples: list[str], sampling: Sampling, seed: int
 ) -> dict:
     """The JSON body (without `model`) of one request."""
+    tokens = None
+    if sampling.group_markers:
+        if sampling.grammar is not None:
+            raise ValueError("--group-markers and --grammar cannot be combined")
+        examples = group_examples(spec, examples)
+        if not examples:
+            raise ValueError(
+                f"--group-markers: no accepted {spec.name} template writes its markers as "
+                f"{marker_list(spec)!r}; accept one first"
+            )
+        tokens = [GROUP_TOKEN] + [f"{{{p}}}" for p in spec.placeholders]
     shots = pick_examples(examples, sampling.n_shots, seed // max(1, sampling.shuffle_every))
     body: dict = {
         "temperature": sampling.temperature,
@@ -143,12 +199,14 @@ def request_body(
         "seed": seed,
     }
     if route == "completion":
-        body["prompt"] = completion_prompt(spec, shots)
+        body["prompt"] = completion_prompt(spec, shots, tokens)
         body["stop"] = ["\n"]
     else:
-        body["messages"] = chat_messages(spec, shots)
+        body["messages"] = chat_messages(spec, shots, tokens)
     if sampling.grammar == "gbnf":
-        body["extra_body"] = {sampling.grammar_field: marker_grammar(spec)}
+        body["extra_body"] = {
+            sampling.grammar_field: marker_grammar(spec, sampling.grammar_max_text)
+        }
     elif sampling.grammar is not None:
         raise ValueError(f"unknown grammar kind {sampling.grammar!r} (known: gbnf)")
     return body

@@ -324,3 +324,68 @@ def test_busy_background_server_is_still_found(tmp_path, monkeypatch):
         json.dumps({**state, "base_url": f"http://127.0.0.1:{closed}/v1"})
     )
     assert server.running_server() is None
+
+
+SUBJECT = get_task("subject2img")
+
+
+def test_group_markers_prompt_and_expansion(templates_copy):
+    """--group-markers: the model sees the three subject markers as one token `{refs}`; its reply
+    is expanded back to the marker list before validation, and a reply that drops or repeats the
+    token is refused like any other marker fault."""
+    from mmdata.llm.prompts import GROUP_TOKEN, Sampling
+
+    replies = iter(
+        [
+            " Paint {caption}, with the {subject} of {refs} in it.",  # fine
+            " Paint {caption} with the {subject}.",  # drops the group
+            " Paint {caption} like {refs}, the {subject} of {refs}.",  # repeats it
+        ]
+    )
+    sampling = Sampling(group_markers=True)
+    with FaultServer([], default=("ok", lambda body: next(replies))) as srv:
+        client = _client(srv.base_url)
+        tf = store.load("subject2img", templates_copy)
+        rep = generate(tf, SUBJECT, client, 3, concurrency=1, sampling=sampling)
+        prompts = [r["body"]["prompt"] for r in srv.requests]
+    assert len(rep.added) == 3
+    for prompt in prompts:
+        assert GROUP_TOKEN in prompt and "[ref#" not in prompt
+        assert f"contains {GROUP_TOKEN}, {{caption}} and {{subject}} exactly once" in prompt
+    by_id = tf.by_id()
+    first = by_id[rep.added[0]]
+    assert (
+        first.text == "Paint {caption}, with the {subject} of [ref#1], [ref#2] and [ref#3] in it."
+    )
+    assert first.provenance["model_text"] == "Paint {caption}, with the {subject} of {refs} in it."
+    assert first.provenance["sampling"]["group_markers"] == {
+        GROUP_TOKEN: "[ref#1], [ref#2] and [ref#3]"
+    }
+    vrep = validate_file(tf, SUBJECT, embedder=None)
+    reasons = {f.text: f.reasons for f in vrep.rejected}
+    assert vrep.kept == 1 and len(reasons) == 2
+    assert "missing_marker: [ref#1]" in reasons["Paint {caption} with the {subject}."]
+    repeated = "Paint {caption} like [ref#1], [ref#2] and [ref#3], the {subject} of [ref#1], [ref#2] and [ref#3]."
+    assert any(r.startswith("repeated_marker") for r in reasons[repeated]), reasons[repeated]
+
+
+def test_group_markers_refuses_tasks_with_distinct_roles():
+    from mmdata.llm.prompts import Sampling, request_body
+
+    ex = ["Redraw [ref#1] in the style of [ref#2]."]
+    with pytest.raises(ValueError, match="share one role"):
+        request_body("completion", get_task("style_transfer"), ex, Sampling(group_markers=True), 0)
+    with pytest.raises(ValueError, match="share one role"):
+        request_body(
+            "completion", get_task("txt2img"), ["Draw {caption}."], Sampling(group_markers=True), 0
+        )
+    with pytest.raises(ValueError, match="accept one first"):
+        request_body(
+            "completion",
+            SUBJECT,
+            ["Draw {caption}: the {subject} of [ref#1], [ref#2] or [ref#3]."],
+            Sampling(group_markers=True),
+            0,
+        )
+    with pytest.raises(ValueError, match="cannot be combined"):
+        request_body("completion", SUBJECT, ["x"], Sampling(group_markers=True, grammar="gbnf"), 0)

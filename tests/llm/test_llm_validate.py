@@ -270,3 +270,24 @@ def test_review_can_reverse_a_reviewer_rejection_but_not_a_validation_one(templa
     tf2.templates.append(by[ids[0]])
     rep2 = review.apply_decisions(tf2, EDGE, [{"id": tid, "decision": "accept"}], reviewer="c")
     assert tf2.by_id()[tid].status == "rejected" and "duplicate_of" in rep2.refused[tid]
+
+
+def test_marker_grammar_bounds_free_text():
+    """`--grammar-max-text N`: each stretch of free text holds at most N characters (GBNF `{0,N}`),
+    and llama.cpp's parser takes the bounded grammar."""
+    import re
+
+    from llama_cpp import LlamaGrammar
+
+    from mmdata.llm.prompts import marker_grammar
+
+    spec = get_task("edge2img")
+    gbnf = marker_grammar(spec, max_text=12)
+    LlamaGrammar.from_string(gbnf, verbose=False)
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.strip().splitlines())
+    assert rules["text"] == "[^\\[\\]{}\\n]{0,12}"
+    text = re.compile(rules["text"])  # a GBNF class with {m,n} is also a Python regex
+    assert text.fullmatch("Draw along ") and not text.fullmatch("Draw it along the ")
+    assert marker_grammar(spec).endswith("text ::= [^\\[\\]{}\\n]*\n")
+    with pytest.raises(ValueError, match="positive"):
+        marker_grammar(spec, max_text=0)
