@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,27 @@ def _tasks(arg: list[str] | None) -> list[str]:
     for t in arg:
         get_task(t)
     return arg
+
+
+def _writes_templates(cmd: Callable[[argparse.Namespace, list[str]], int]) -> Callable:
+    """Run `cmd` holding the writer lock of every template file it may change (see
+    `store.writer_lock`); another command on the same task makes it stop at once, exit status 2."""
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+        if getattr(args, "check", False):  # `validate --check` only reads
+            return cmd(args, beam_args)
+        tasks = [args.task] if isinstance(args.task, str) else _tasks(args.task)
+        with contextlib.ExitStack() as held:
+            try:
+                for task in tasks:
+                    held.enter_context(store.writer_lock(store.task_path(task, args.templates_dir)))
+            except store.TemplateFileBusy as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            return cmd(args, beam_args)
+
+    return run
 
 
 @dataclass
@@ -122,6 +144,7 @@ def _print_validation(rep, out=None, verbose: bool = False) -> None:
         print(f"  INVALID accepted {f.id}: {f.text!r}: " + "; ".join(f.reasons), file=out)
 
 
+@_writes_templates
 def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.llm.cache import ResponseCache
     from mmdata.llm.client import LLMClient, LLMError
@@ -199,6 +222,7 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     return status
 
 
+@_writes_templates
 def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
     embedder = None if args.no_embed else default_embedder()
     status = 0
@@ -217,6 +241,7 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
     return status
 
 
+@_writes_templates
 def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.llm import review
 

@@ -7,9 +7,11 @@ temporary file that is renamed into place, so an interrupted run never leaves a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,3 +212,43 @@ def save(tf: TemplateFile, path: str | Path | None = None) -> Path:
     atomic_write_text(target, dumps(tf))
     tf.path = target
     return target
+
+
+class TemplateFileBusy(RuntimeError):
+    """Another process is writing the same template file."""
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | Path) -> Iterator[None]:
+    """One writer per template file at a time.
+
+    `templates generate`, `validate` and `review` each load a task's file, change it and save it
+    whole; two at once would silently drop one's changes (a review saved while a generate run is
+    going is overwritten by the run's next save). They hold this lock (an advisory `flock` on
+    `.<file>.lock` beside it) while they work; a second one fails at once with this error.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise TemplateFileBusy(
+                f"{path} is being changed by another mmdata templates command ({holder}); "
+                "wait for it to finish and run this again"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -389,3 +389,29 @@ def test_group_markers_refuses_tasks_with_distinct_roles():
         )
     with pytest.raises(ValueError, match="cannot be combined"):
         request_body("completion", SUBJECT, ["x"], Sampling(group_markers=True, grammar="gbnf"), 0)
+
+
+def test_two_writers_of_one_template_file_are_refused(templates_copy, capsys):
+    """While one command holds a task's template file (e.g. a long `generate` run), `review` and
+    `validate` of that task stop at once with a clear error instead of overwriting each other's
+    saves; other tasks and `validate --check` are not blocked."""
+    path = store.task_path("edge2img", templates_copy)
+    before = path.read_text()
+    with store.writer_lock(path):
+        args = ["templates", "validate", "--task", "edge2img", "--no-embed"]
+        assert mmdata_main([*args, "--templates-dir", str(templates_copy)]) == 2
+        err = capsys.readouterr().err
+        assert "being changed by another mmdata templates command" in err
+        assert f"pid {__import__('os').getpid()}" in err
+        decisions = templates_copy / "d.yaml"
+        decisions.write_text("task: edge2img\ndecisions: []\n")
+        review_args = ["templates", "review", "--task", "edge2img", "--decisions", str(decisions)]
+        assert mmdata_main([*review_args, "--templates-dir", str(templates_copy)]) == 2
+        assert path.read_text() == before
+        # read-only check and another task's file are free
+        check = ["templates", "validate", "--task", "edge2img", "--check", "--no-embed"]
+        assert mmdata_main([*check, "--templates-dir", str(templates_copy)]) == 0
+        other = ["templates", "validate", "--task", "depth2img", "--no-embed"]
+        assert mmdata_main([*other, "--templates-dir", str(templates_copy)]) == 0
+    # released: the same command runs
+    assert mmdata_main([*args, "--templates-dir", str(templates_copy)]) == 0
