@@ -46,14 +46,25 @@ def corpus_emoji(limit: int | None = None) -> list[tuple[np.ndarray, dict]]:
     return [(np.asarray(Image.open(CORPUS / r["path"])), r) for r in rows[:limit]]
 
 
-def _timed(fn: Callable[[], Any], repeat: int) -> float:
-    """Best wall time of `repeat` runs (after one warm-up)."""
+MIN_SAMPLE_S = 0.2
+
+
+def _timed(fn: Callable[[], Any], repeat: int, min_sample: float = MIN_SAMPLE_S) -> float:
+    """Best time of one `fn()` call over `repeat` samples, after one warm-up call.
+
+    A sample runs `fn` as many times as fill about `min_sample` seconds (sized from the warm-up, as
+    `timeit` does), so cheap models are not timed from a single call of a few milliseconds.
+    """
+    t = time.perf_counter()
     fn()
+    once = time.perf_counter() - t
+    loops = max(1, math.ceil(min_sample / max(once, 1e-6)))
     best = math.inf
     for _ in range(repeat):
         t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(loops):
+            fn()
+        best = min(best, (time.perf_counter() - t) / loops)
     return best
 
 
