@@ -130,15 +130,17 @@ def test_background_server_and_cli_generate(
     assert server.running_server() is None
 
 
-def test_grammar_constrained_replies_keep_every_marker(local_llm, cache_dir):
+def test_grammar_constrained_replies_keep_every_marker(local_llm, cache_dir, templates_copy):
     """`--grammar gbnf` on the real llama.cpp server: a reply that ends by itself holds each of
-    subject2img's three markers and two placeholders exactly once."""
+    subject2img's three markers and two placeholders exactly once. The free text is bounded
+    (`grammar_max_text`), so the replies end within `max_tokens`; the prompts use the seed
+    templates only, so they do not change when the shipped set grows."""
     from mmdata.llm.prompts import parse_reply, request_body
 
     spec = get_task("subject2img")
     client = _client(local_llm, "completion", cache_dir)
-    examples = [t.text for t in store.load("subject2img").with_status("accepted")]
-    sampling = Sampling(grammar="gbnf", max_tokens=96)
+    examples = [t.text for t in store.load("subject2img", templates_copy).with_status("accepted")]
+    sampling = Sampling(grammar="gbnf", grammar_max_text=40, max_tokens=160)
     finished = 0
     for seed in range(3):
         body = request_body("completion", spec, examples, sampling, seed)
