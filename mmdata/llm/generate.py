@@ -70,6 +70,28 @@ class GenerationReport:
         return "; ".join(parts)
 
 
+def _sampling_record(sampling: Sampling, body: dict, spec: TaskSpec) -> dict:
+    """The sampling part of a candidate's provenance (options that were off are left out)."""
+    rec = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_tokens,
+        "seed": body["seed"],
+        "n_shots": sampling.n_shots,
+        "shuffle_every": sampling.shuffle_every,
+    }
+    if "stop" in body:
+        rec["stop"] = body["stop"]
+    if sampling.grammar:
+        rec["grammar"] = sampling.grammar
+        rec["grammar_field"] = sampling.grammar_field
+        if sampling.grammar_max_text is not None:
+            rec["grammar_max_text"] = sampling.grammar_max_text
+    if sampling.group_markers:
+        rec["group_markers"] = {GROUP_TOKEN: marker_list(spec)}
+    return rec
+
+
 def _examples(tf: TemplateFile) -> list[str]:
     examples = [t.text for t in tf.with_status("accepted")]
     if not examples:
@@ -151,33 +173,7 @@ def generate(
                 "endpoint": client.config.kind,
                 "prompt_sha256": prompt_hash(body),
                 "request_sha256": res.key,
-                "sampling": {
-                    "temperature": sampling.temperature,
-                    "top_p": sampling.top_p,
-                    "max_tokens": sampling.max_tokens,
-                    "seed": body["seed"],
-                    "n_shots": sampling.n_shots,
-                    "shuffle_every": sampling.shuffle_every,
-                    **({"stop": body["stop"]} if "stop" in body else {}),
-                    **(
-                        {
-                            "grammar": sampling.grammar,
-                            "grammar_field": sampling.grammar_field,
-                            **(
-                                {"grammar_max_text": sampling.grammar_max_text}
-                                if sampling.grammar_max_text is not None
-                                else {}
-                            ),
-                        }
-                        if sampling.grammar
-                        else {}
-                    ),
-                    **(
-                        {"group_markers": {GROUP_TOKEN: marker_list(spec)}}
-                        if sampling.group_markers
-                        else {}
-                    ),
-                },
+                "sampling": _sampling_record(sampling, body, spec),
                 **({"model_text": reply} if sampling.group_markers else {}),
                 "date": dt.date.today().isoformat(),
             },
