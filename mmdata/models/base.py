@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
+import cv2
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
@@ -32,6 +33,7 @@ ModelT = TypeVar("ModelT")
 ItemT = TypeVar("ItemT")
 
 WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,22 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(image: np.ndarray, background: tuple[int, int, int] = WHITE) -> np.ndarray:
-    """Composite an RGBA uint8 image on `background`; RGB passes through. Returns HxWx3 uint8."""
+    """Composite an RGBA uint8 image on `background`; RGB passes through. Returns HxWx3 uint8.
+
+    The blend is the rounded integer one, (c * a + bg * (255 - a) + 127) // 255. On white and black
+    (the usual backgrounds) OpenCV's saturating uint8 arithmetic gives the same integers about 10x
+    faster than numpy: black is round(c * a / 255), white 255 - round((255 - c) * a / 255), and
+    x / 255 never falls on .5 for an integer x."""
     if image.shape[2] == 3:
         return image
-    # integer blend, rounded: (c * a + bg * (255 - a) + 127) // 255
+    bg = tuple(int(c) for c in background)
+    if bg in (WHITE, BLACK):
+        image = np.ascontiguousarray(image)
+        rgb = cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+        alpha = cv2.cvtColor(np.ascontiguousarray(image[:, :, 3]), cv2.COLOR_GRAY2RGB)
+        if bg == BLACK:
+            return cv2.multiply(rgb, alpha, scale=1 / 255)
+        return cv2.bitwise_not(cv2.multiply(cv2.bitwise_not(rgb), alpha, scale=1 / 255))
     alpha = image[:, :, 3:4].astype(np.uint16)
     rgb = image[:, :, :3].astype(np.uint16) * alpha
     rgb += np.asarray(background, dtype=np.uint16) * (255 - alpha) + 127

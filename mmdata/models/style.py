@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from mmdata.models.base import (
     WHITE,
@@ -27,14 +27,34 @@ STYLE_DIM = 100
 MIN_SIDE = 16
 
 
-def to_style_input(rgb: np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 -> float32 (256, 256, 3) in [0, 1]: centre square crop, Lanczos resize."""
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 HxWxC -> (width, height) = size: area averaging when shrinking, bilinear when enlarging
+    (Magenta's reference code resizes both inputs bilinearly; area averaging also avoids aliasing)."""
+    if (rgb.shape[1], rgb.shape[0]) == size:
+        return rgb
+    shrink = size[0] * size[1] < rgb.shape[0] * rgb.shape[1]
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def style_pixels(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 -> uint8 (256, 256, 3): centre square crop, resized (see `_resize`)."""
     h, w = rgb.shape[:2]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    im = Image.fromarray(rgb[top : top + side, left : left + side])
-    im = im.resize((STYLE_SIZE, STYLE_SIZE), Image.LANCZOS)
-    return np.asarray(im, dtype=np.float32) / 255.0
+    return _resize(
+        np.ascontiguousarray(rgb[top : top + side, left : left + side]), (STYLE_SIZE,) * 2
+    )
+
+
+def to_float(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] (pixels / 255), into `out` when given (a reused buffer: a fresh
+    array of this size per image costs page faults that outweigh the division)."""
+    return np.divide(pixels, np.float32(255.0), out=out, dtype=np.float32, casting="unsafe")
+
+
+def to_style_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 -> float32 (256, 256, 3) in [0, 1]: the style predictor's input."""
+    return to_float(style_pixels(rgb))
 
 
 def to_content_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -43,13 +63,16 @@ def to_content_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     h, w = rgb.shape[:2]
     scale = CONTENT_SIZE / max(h, w)
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
-    small = (
-        np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.LANCZOS), dtype=np.float32) / 255.0
-    )
-    pad = ((0, CONTENT_SIZE - sh), (0, CONTENT_SIZE - sw), (0, 0))
     # reflect padding needs the pad to be smaller than the side; fall back to edge padding
-    mode = "reflect" if CONTENT_SIZE - sh < sh and CONTENT_SIZE - sw < sw else "edge"
-    return np.pad(small, pad, mode=mode), (sh, sw)
+    mode = (
+        cv2.BORDER_REFLECT_101
+        if CONTENT_SIZE - sh < sh and CONTENT_SIZE - sw < sw
+        else cv2.BORDER_REPLICATE
+    )
+    small = cv2.copyMakeBorder(
+        _resize(rgb, (sw, sh)), 0, CONTENT_SIZE - sh, 0, CONTENT_SIZE - sw, mode
+    )
+    return to_float(small), (sh, sw)
 
 
 @dataclass
@@ -105,11 +128,13 @@ class StyleVectorHandler(BatchedModelHandler[np.ndarray, Any]):
     def prepare(self, example: Any) -> np.ndarray:
         rgb = to_rgb(prepare_image(example, MIN_SIDE), self.background)
         if self.luminance:
-            rgb = np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
-        return to_style_input(rgb)
+            rgb = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        return style_pixels(rgb)
 
     def forward(self, model: Any, items: list[np.ndarray]) -> list[np.ndarray]:
-        return [_run_predict(model, x) for x in items]
+        # The model runs image by image (fixed batch of 1): one float buffer serves the whole batch.
+        buf = np.empty((STYLE_SIZE, STYLE_SIZE, 3), np.float32)
+        return [_run_predict(model, to_float(x, buf)) for x in items]
 
 
 class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
@@ -185,10 +210,8 @@ class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
                 vec = self.strength * vec + (1.0 - self.strength) * _run_predict(model.predict, own)
             feed = {names[0]: x[None], names[1]: vec.reshape(1, 1, 1, STYLE_DIM).astype(np.float32)}
             y = model.transform.run(None, feed)[0][0][:sh, :sw]
-            img = Image.fromarray((np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.LANCZOS)
-            out.append(np.asarray(img))
+            img = (np.clip(y, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            out.append(_resize(np.ascontiguousarray(img), (w, h)))
         return out
 
 

@@ -80,6 +80,21 @@ def test_alpha_composite_and_size_checks() -> None:
     assert check_size(np.zeros((40, 40, 3)), min_side=8, max_pixels=10_000) is None
 
 
+@pytest.mark.parametrize("background", [(255, 255, 255), (0, 0, 0), (10, 200, 30)])
+def test_to_rgb_is_the_rounded_integer_blend(background) -> None:  # noqa: ANN001
+    """White and black take OpenCV's fast path, other colours numpy's: all give exactly
+    (c * a + bg * (255 - a) + 127) // 255, also on a non-contiguous view."""
+    rgba = np.random.default_rng(5).integers(0, 256, (41, 67, 4), dtype=np.uint8)
+    rgba[0, :, 3] = 0
+    rgba[1, :, 3] = 255
+    c, a = rgba[:, :, :3].astype(int), rgba[:, :, 3:].astype(int)
+    expected = (c * a + np.asarray(background) * (255 - a) + 127) // 255
+    rgb = to_rgb(rgba, background)
+    assert rgb.dtype == np.uint8 and rgb.shape == (41, 67, 3)
+    assert np.array_equal(rgb, expected)
+    assert np.array_equal(to_rgb(rgba[:, ::2], background), expected[:, ::2])
+
+
 def test_rejects_keep_their_place_in_the_batch() -> None:
     h = CannyEdgeHandler()
     m = h.load_model()
