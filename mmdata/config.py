@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class ShardConfig:
         _positive(self, "maxcount", "maxsize")
 
 
+DEMO_TASKS = ("txt2img",)
+
+
 @dataclass
 class DemoConfig:
     """The main job: ingest -> quality filter -> txt2img instruction samples -> shards.
@@ -101,6 +105,11 @@ class DemoConfig:
         for t in self.tasks:
             if t not in TASKS:
                 raise ConfigError(f"unknown task {t!r}; known: {', '.join(sorted(TASKS))}")
+        if self.tasks != list(DEMO_TASKS):
+            raise ConfigError(
+                f"tasks {self.tasks!r}: this job builds {', '.join(DEMO_TASKS)} samples only; the other "
+                "tasks' generation stages are not part of it yet"
+            )
         self.ingest.validate()
         self.quality.validate()
         self.shards.validate()
@@ -171,9 +180,14 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 return value.lower() in ("1", "true", "yes")
             return bool(value)
         if hint in (int, float, str):
+            if hint in (int, float) and isinstance(value, bool):
+                raise ValueError(value)  # YAML `true` is not the number 1
             if hint is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
-            return hint(value)
+            out = hint(value)
+            if hint is float and not math.isfinite(out):
+                raise ValueError(value)
+            return out
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}") from None
     return value
@@ -183,12 +197,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_yaml(cls: type[T], path: str | Path) -> T:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping; unreadable or malformed files raise ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return from_dict(cls, data)
+        raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
+    return data
+
+
+def from_yaml(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, load_yaml(path))
 
 
 def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -227,8 +253,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -
     """Merge defaults <- --config YAML <- flags <- overrides, then validate."""
     data: dict[str, Any] = {}
     if getattr(args, "config", None):
-        with open(args.config, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        data = load_yaml(args.config)
     for k, v in vars(args).items():
         if k.startswith("cfg::") and v is not None:
             _set_path(data, k[5:], v)

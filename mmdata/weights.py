@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from mmdata.errors import UnknownNameError
+
 log = logging.getLogger(__name__)
 
 PINNED: Final = "pinned"
@@ -274,7 +276,9 @@ def get_spec(name: str) -> WeightSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown model weights {name!r}; known: {', '.join(REGISTRY)}") from None
+        raise UnknownNameError(
+            f"unknown model weights {name!r}; known: {', '.join(REGISTRY)}"
+        ) from None
 
 
 def _package_path(spec: WeightSpec) -> Path | None:

@@ -90,7 +90,12 @@ def _verify(args: argparse.Namespace, beam_args: list[str]) -> int:
         if st.state == "hash-mismatch"
         or (
             st.state == "missing"
-            and (spec.offline_default or st.name in args.names or st.name in overrides)
+            and (
+                spec.offline_default
+                or st.name in args.names
+                or st.name in overrides
+                or st.origin == "env"  # a path the user set that holds nothing
+            )
         )
     ]
     if failed:

@@ -7,7 +7,7 @@ import apache_beam as beam
 from mmdata.config import DemoConfig, to_dict
 from mmdata.core.templates import load_templates
 from mmdata.io.readers import read_source
-from mmdata.io.shards import WriteShards
+from mmdata.io.shards import WriteShards, prepare_output
 from mmdata.runner import run_pipeline
 from mmdata.sample import sample_corpus_dir
 from mmdata.transforms.ingest import Ingest
@@ -54,4 +54,5 @@ def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
 def run(
     cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None
 ) -> None:
+    prepare_output(cfg.output, cfg.input or str(sample_corpus_dir()), cfg.input_kind)
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

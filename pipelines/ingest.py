@@ -6,7 +6,7 @@ import apache_beam as beam
 
 from mmdata.config import IngestJobConfig, to_dict
 from mmdata.io.readers import read_source
-from mmdata.io.shards import WriteShards
+from mmdata.io.shards import WriteShards, prepare_output
 from mmdata.runner import run_pipeline
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import PAIR_ROW_SCHEMA, pair_to_item
@@ -43,4 +43,5 @@ def run(
     overwrite: bool = False,
     test_pipeline=None,
 ) -> None:
+    prepare_output(cfg.output, cfg.input, cfg.input_kind)
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

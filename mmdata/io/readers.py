@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -254,7 +255,14 @@ class _ManifestRowFn(beam.DoFn):
         if "://" not in path and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         metadata["path"] = path
-        if not FileSystems.exists(path):
+        try:
+            exists = FileSystems.exists(path)
+        except (
+            ValueError
+        ) as e:  # no Beam filesystem for the scheme (gs:// without apache-beam[gcp])
+            yield record(None, ("unsupported_filesystem", f"{path}: {e}"))
+            return
+        if not exists:
             yield record(None, ("missing_file", f"{path} does not exist"))
             return
         yield record(*_read_bytes(path, None, cfg.max_file_bytes))
@@ -443,20 +451,39 @@ class ReadWebDataset(_Source):
 
 
 def detect_kind(path: str) -> tuple[str, str]:
-    """(kind, pattern) for an input path: a folder, a manifest file/glob, or tar shards."""
+    """(kind, pattern) for an input path: a folder, a manifest file/glob, or tar shards.
+
+    A folder holding `.tar` files at its top level is WebDataset shards, unless it also holds images: then
+    the kind is ambiguous and must be given (`--input_kind folder|webdataset`) rather than guessed, since
+    either guess would leave one kind of file unread. A single file that is neither a manifest nor a tar
+    is refused (ingest reads folders of images, not one image).
+    """
     ext = _split_ext(path)[1]
     if ext in ("parquet", "csv", "tsv", "jsonl", "ndjson", "json"):
         return "manifest", path
     if ext == "tar":
         return "webdataset", path
-    if (
-        FileSystems.exists(path)
-        and not FileSystems.match([path.rstrip("/") + "/*.tar"])[0].metadata_list
-    ):
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"input {path!r} does not exist")
+    if "://" not in path and os.path.isfile(path):
+        raise ValueError(
+            f"input {path!r} is a file but not a manifest (.parquet/.csv/.tsv/.jsonl/.json) or a .tar "
+            "shard; give the folder that holds the images"
+        )
+    root = path.rstrip("/")
+    if not FileSystems.match([root + "/*.tar"])[0].metadata_list:
         return "folder", path
-    if FileSystems.exists(path):
-        return "webdataset", path.rstrip("/") + "/*.tar"
-    raise FileNotFoundError(f"input {path!r} does not exist")
+    images = [
+        m.path
+        for m in FileSystems.match([root + "/*"])[0].metadata_list
+        if _split_ext(m.path)[1] in IMAGE_EXTS
+    ]
+    if images:
+        raise ValueError(
+            f"input folder {path!r} holds both .tar shards and loose images (e.g. {images[0]}); "
+            "say which to read with --input_kind webdataset or --input_kind folder"
+        )
+    return "webdataset", root + "/*.tar"
 
 
 def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) -> beam.PTransform:
@@ -467,6 +494,11 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
         pattern = path
         if kind == "webdataset" and not path.endswith(".tar"):
             pattern = path.rstrip("/") + "/*.tar"
+        if "://" not in path:
+            if kind == "manifest" and os.path.isdir(path):
+                raise ValueError(f"input_kind manifest needs a file or glob, {path!r} is a folder")
+            if kind == "folder" and os.path.isfile(path):
+                raise ValueError(f"input_kind folder needs a folder, {path!r} is a file")
     if kind == "folder":
         return ReadFolder(pattern, cfg)
     if kind == "manifest":

@@ -251,3 +251,48 @@ class WriteShards(beam.PTransform):
             | "Write"
             >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)
         )
+
+
+OUTPUT_MARKER = ".mmdata-dataset"
+
+
+def _local(path: str) -> bool:
+    return "://" not in path
+
+
+def prepare_output(output: str, source: str | None = None, source_kind: str = "auto") -> None:
+    """Check a job's output folder before anything runs, and mark it as an mmdata dataset.
+
+    Refused with a `ValueError`: an output that is an existing file; an existing folder that holds files
+    but is not an mmdata dataset (no `manifest.json` and no `.mmdata-dataset` marker), since the job
+    replaces shard-named files there; a folder source with the output inside it (the next run would
+    read its own shards as input). Remote outputs (`gs://`, ...) are not checked.
+    """
+    if not _local(output):
+        return
+    import os
+
+    out = os.path.abspath(output)
+    if os.path.isfile(out):
+        raise ValueError(
+            f"output {output!r} is a file; give a folder (new, empty or an mmdata dataset)"
+        )
+    if source and _local(source) and os.path.isdir(source) and source_kind in ("auto", "folder"):
+        src = os.path.abspath(source)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"output {output!r} is inside the input folder {source!r}: the next run would read "
+                "the shards as input; write the dataset somewhere else"
+            )
+    if os.path.isdir(out):
+        entries = set(os.listdir(out))
+        if entries and not entries & {"manifest.json", OUTPUT_MARKER}:
+            raise ValueError(
+                f"output folder {output!r} holds files but is not an mmdata dataset (no manifest.json); "
+                "the job would replace shard-named files there: give a new or empty folder"
+            )
+    os.makedirs(out, exist_ok=True)
+    marker = os.path.join(out, OUTPUT_MARKER)
+    if not os.path.exists(marker):
+        with open(marker, "w", encoding="utf-8") as f:
+            f.write("An mmdata dataset folder (shards, manifest.json, rejects.parquet).\n")

@@ -222,8 +222,20 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     return status
 
 
+def _no_such_dir(args: argparse.Namespace) -> bool:
+    """True (after saying so) when --templates-dir names a folder that does not exist: reading it would
+    find no templates and pass a check that never looked at any."""
+    d = getattr(args, "templates_dir", None)
+    if d and not Path(d).is_dir():
+        print(f"error: templates folder {d!r} does not exist", file=sys.stderr)
+        return True
+    return False
+
+
 @_writes_templates
 def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if _no_such_dir(args):
+        return 2
     embedder = None if args.no_embed else default_embedder()
     status = 0
     for task in _tasks(args.task):
@@ -243,6 +255,8 @@ def cmd_validate(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 @_writes_templates
 def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if _no_such_dir(args):
+        return 2
     from mmdata.llm import review
 
     spec = get_task(args.task)
@@ -311,6 +325,8 @@ def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def cmd_list(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if _no_such_dir(args):
+        return 2
     rows = []
     for task in _tasks(args.task):
         tf = store.load(task, args.templates_dir)

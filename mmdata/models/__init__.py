@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mmdata.errors import UnknownNameError
 from mmdata.models.base import ModelReject, is_reject
 
 # Config name -> "module:Class". Stages pick backends by these names.
@@ -34,7 +35,9 @@ def make_handler(name: str, **kwargs: Any) -> Any:
     try:
         module, _, cls = HANDLERS[name].partition(":")
     except KeyError:
-        raise KeyError(f"unknown model backend {name!r}; known: {', '.join(HANDLERS)}") from None
+        raise UnknownNameError(
+            f"unknown model backend {name!r}; known: {', '.join(HANDLERS)}"
+        ) from None
     return getattr(importlib.import_module(module), cls)(**kwargs)
 
 

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from mmdata import weights
+from mmdata.errors import UnknownNameError
 from mmdata.models.base import (
     WHITE,
     BatchedModelHandler,
@@ -118,7 +119,7 @@ def build_detector(name: str, files: list[Path]) -> Any:
         fine.load_state_dict(_state_dict(files[0]))
         coarse.load_state_dict(_state_dict(files[1]))
         return LineartDetector(fine.eval(), coarse.eval())
-    raise KeyError(f"unknown annotator {name!r}; known: {', '.join(ANNOTATORS)}")
+    raise UnknownNameError(f"unknown annotator {name!r}; known: {', '.join(ANNOTATORS)}")
 
 
 class ControlNetAnnotatorHandler(BatchedModelHandler[np.ndarray, Any]):

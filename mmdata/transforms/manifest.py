@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import re
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -68,6 +69,9 @@ def check_accounting(counts: dict[str, dict[str, Any]], chain: list[str]) -> Non
             )
 
 
+_WRITER_NAME = re.compile(r"\d{5,}\.(tar|parquet)|.+\.tmp-[0-9a-f]{32}")
+
+
 class _FinalizeFn(beam.DoFn):
     def __init__(
         self,
@@ -87,6 +91,8 @@ class _FinalizeFn(beam.DoFn):
 
     def process(self, _, counts, shards, rejects, tasks):
         counts_d = summarize_tallies(counts)
+        for stage in self.chain:  # a stage that got no records still accounts for them: zeros
+            counts_d.setdefault(stage, {"input": 0, "kept": 0, "rejected": {}})
         check_accounting(counts_d, self.chain)
         rows = sorted(
             (r.to_dict() for r in rejects),
@@ -125,12 +131,13 @@ class _FinalizeFn(beam.DoFn):
         yield manifest
 
     def _remove_stale(self, keep: set[str]) -> None:
-        """Shards of an earlier run that this run's plan no longer has, and leftover temporary files."""
+        """Shards of an earlier run that this run's plan no longer has, and leftover temporary files.
+        Only names the shard writer makes (`NNNNN.tar`, `NNNNN.parquet`, `*.tmp-<hex>`) are removed."""
         stale = []
         for pattern in ("*.tar", "*.parquet", "*.tmp-*"):
             for m in FileSystems.match([f"{self.output}/{pattern}"])[0].metadata_list:
                 name = m.path.rsplit("/", 1)[-1]
-                if name not in keep and name != "rejects.parquet":
+                if name not in keep and _WRITER_NAME.fullmatch(name):
                     stale.append(m.path)
         if stale:
             FileSystems.delete(stale)

@@ -107,6 +107,7 @@ def test_ingest_manifest_source(tmp_path):
         {"path": "imgs/trunc.jpg", "caption": "coffee"},
         {"path": "imgs/nope.png", "caption": "missing"},
         {"path": "imgs/cat.png", "caption": ""},
+        {"path": "gs://bucket/a.jpg", "caption": "no gcp extra here"},
     ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     m, rejects = _run(str(tmp_path / "m.jsonl"), tmp_path / "out")
@@ -114,6 +115,7 @@ def test_ingest_manifest_source(tmp_path):
         "caption_empty",
         "missing_file",
         "truncated_image",
+        "unsupported_filesystem",
     ]
     (s,) = list(wds.WebDataset(str(tmp_path / "out" / "00000.tar"), shardshuffle=False))
     meta = json.loads(s["json"])
@@ -125,3 +127,83 @@ def test_ingest_manifest_source(tmp_path):
     assert meta["metadata"]["path"].endswith("imgs/cat.png") and meta["source"].endswith(
         "m.jsonl#0"
     )
+
+
+def test_a_job_where_every_record_is_rejected_or_none_arrive_still_accounts(tmp_path, capsys):
+    """No records at all, or none surviving a stage: zero counts for every stage, exit 0, no crash."""
+    from mmdata.cli import main
+
+    (tmp_path / "empty").mkdir()
+    m, rejects = _run(str(tmp_path / "empty"), tmp_path / "out")
+    assert m["counts"] == {s: {"input": 0, "kept": 0, "rejected": {}} for s in ingest.STAGES}
+    assert rejects == [] and m["shards"] == []
+    (tmp_path / "bad.csv").write_text("image,text\na.jpg,a cat\n")  # no path column
+    assert (
+        main(["ingest", "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "o2")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "missing_path=1" in out and "unique_keys  in=0" in out
+
+
+def test_inputs_auto_detection_refuses_to_guess(tmp_path):
+    import pytest
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    imagegen.photo("chelsea").save(mixed / "cat.png")
+    (mixed / "cat.txt").write_text("a cat")
+    imagegen.img2dataset_tar(
+        mixed / "archive.tar", [("000000000", imagegen.encode(imagegen.photo("coffee")), "a cup")]
+    )
+    with pytest.raises(ValueError, match="both .tar shards and loose images"):
+        _run(str(mixed), tmp_path / "out")
+    # said explicitly, each kind reads its own files
+    m, _ = _run_kind(str(mixed), tmp_path / "o_folder", "folder")
+    assert m["counts"]["ingest"]["input"] == 2  # cat.png and the .tar as unsupported_extension
+    m, _ = _run_kind(str(mixed), tmp_path / "o_wds", "webdataset")
+    assert m["counts"]["ingest"]["input"] == 1
+    with pytest.raises(ValueError, match="is a file but not a manifest"):
+        _run(str(mixed / "cat.png"), tmp_path / "o3")
+    with pytest.raises(ValueError, match="input_kind manifest needs a file"):
+        _run_kind(str(mixed), tmp_path / "o4", "manifest")
+    with pytest.raises(ValueError, match="input_kind folder needs a folder"):
+        _run_kind(str(mixed / "cat.png"), tmp_path / "o5", "folder")
+
+
+def _run_kind(inp: str, out: Path, kind: str) -> tuple[dict, list[dict]]:
+    ingest.run(IngestJobConfig(input=inp, input_kind=kind, output=str(out)))
+    m = json.loads((out / "manifest.json").read_text())
+    return m, pq.read_table(out / "rejects.parquet").to_pylist()
+
+
+def test_output_folder_safety(tmp_path):
+    """The job never deletes files of a folder that is not an mmdata dataset, never writes into a file,
+    and never writes inside a folder input; in its own dataset it removes only shard-named files."""
+    import pytest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    imagegen.photo("chelsea").save(src / "cat.png")
+    (src / "cat.txt").write_text("a cat")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "00007.tar").write_bytes(b"mine")
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an mmdata dataset"):
+        _run(str(src), user)
+    assert sorted(p.name for p in user.iterdir()) == ["00007.tar", "notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        _run(str(src), tmp_path / "afile")
+    with pytest.raises(ValueError, match="inside the input folder"):
+        _run(str(src), src / "out")
+    with pytest.raises(ValueError, match="inside the input folder"):
+        _run(str(src), src)
+    out = tmp_path / "out"
+    _run(str(src), out)
+    (out / "00009.tar").write_bytes(b"stale shard")
+    (out / "keep.parquet").write_bytes(b"not a shard name")
+    _run(str(src), out)  # a rerun into its own dataset
+    names = sorted(p.name for p in out.iterdir())
+    assert "00009.tar" not in names and "keep.parquet" in names and "00000.tar" in names

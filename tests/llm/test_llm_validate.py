@@ -291,3 +291,15 @@ def test_marker_grammar_bounds_free_text():
     assert marker_grammar(spec).endswith("text ::= [^\\[\\]{}\\n]*\n")
     with pytest.raises(ValueError, match="positive"):
         marker_grammar(spec, max_text=0)
+
+
+def test_cli_refuses_a_missing_templates_folder_and_unknown_tasks(tmp_path, capsys):
+    """A check pointed at a folder that does not exist must not pass having looked at nothing."""
+    from mmdata.cli import main
+
+    missing = str(tmp_path / "nowhere")
+    for cmd in (["validate", "--check", "--no-embed"], ["list"]):
+        assert main(["templates", *cmd, "--templates-dir", missing]) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert main(["templates", "list", "--task", "bogus"]) == 2
+    assert "unknown task 'bogus'" in capsys.readouterr().err

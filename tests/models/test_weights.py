@@ -110,6 +110,15 @@ def test_cli_list_and_verify(tmp_path, capsys) -> None:
     assert "hash-mismatch" in captured.out and "FAILED for u2netp" in captured.err
     # a user-supplied model that is asked for explicitly and missing fails too
     assert main(["weights", "verify", "depth-dpt"]) == 1
+    capsys.readouterr()
+    # so does one whose environment variable points at nothing, and an unknown name is a clean error
+    clip_env = weights.get_spec("clip").env_var
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(clip_env, str(tmp_path / "nowhere"))
+        assert main(["weights", "verify"]) == 1
+    assert "FAILED for clip" in capsys.readouterr().err
+    assert main(["weights", "verify", "bogus"]) == 2
+    assert "unknown model weights 'bogus'" in capsys.readouterr().err
 
 
 def test_hash_is_checked_on_real_bytes(tmp_path) -> None:

@@ -206,6 +206,37 @@ def test_config_validation():
         bad.validate()
     with pytest.raises(ConfigError, match="unknown task"):
         from_dict(DemoConfig, {"tasks": ["nope"]}).validate()
+    with pytest.raises(ConfigError, match="builds txt2img samples only"):
+        from_dict(DemoConfig, {"tasks": ["edge2img"]}).validate()
+    with pytest.raises(ConfigError, match="builds txt2img samples only"):
+        from_dict(DemoConfig, {"tasks": ""}).validate()
+    # YAML `true` is not the number 1; NaN and infinity are not thresholds
+    with pytest.raises(ConfigError, match="shards.maxcount must be int"):
+        from_dict(DemoConfig, {"shards": {"maxcount": True}})
+    for bad_float in ("nan", "inf", float("nan")):
+        with pytest.raises(ConfigError, match="quality.max_aspect_ratio must be float"):
+            from_dict(DemoConfig, {"quality": {"max_aspect_ratio": bad_float}})
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a: [1, 2\n", "is not valid YAML"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+        (None, "cannot be read"),  # a folder
+        ("missing", "does not exist"),
+    ],
+)
+def test_config_file_errors_are_config_errors(tmp_path, content, message) -> None:  # noqa: ANN001
+    from mmdata.config import from_yaml
+
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        from_yaml(DemoConfig, path)
 
 
 def test_sample_with_context_matches_schema():

@@ -1,0 +1,11 @@
+"""Errors shared across mmdata."""
+
+from __future__ import annotations
+
+
+class UnknownNameError(KeyError, ValueError):
+    """An unknown name (task, model, weights, annotator). A KeyError for lookups, and a ValueError so
+    the command line reports it as a one-line error instead of a traceback."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
