@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropImportNoise())
     logging.getLogger("apache_beam.io.gcp").setLevel(logging.WARNING)
+    # Beam logs one INFO line per string annotation it reads (ours are strings: `from __future__ import
+    # annotations`) and treats them as Any; dozens of lines per job that tell a user nothing.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.verbose:
