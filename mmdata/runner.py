@@ -169,7 +169,7 @@ def summarize(output: str) -> str:
     lines = [f"dataset: {output}"]
     order = m.get("stages", []) + sorted(set(m["counts"]) - set(m.get("stages", [])))
     for stage in order:
-        c = m["counts"].get(stage, {"input": 0, "kept": 0, "rejected": {}})
+        c = m["counts"][stage]
         rej = ", ".join(f"{k}={v}" for k, v in c["rejected"].items()) or "none"
         lines.append(f"  {stage:<12} in={c['input']:<6} kept={c['kept']:<6} rejected: {rej}")
     lines.append(

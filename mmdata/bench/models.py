@@ -51,43 +51,27 @@ def corpus_emoji(limit: int | None = None) -> list[tuple[np.ndarray, dict]]:
 MIN_SAMPLE_S = 0.2
 
 
-def _timed(fn: Callable[[], Any], repeat: int, min_sample: float = MIN_SAMPLE_S) -> float:
-    """Best time of one `fn()` call over `repeat` samples, after one warm-up call.
+def _timed(*fns: Callable[[], Any], repeat: int, min_sample: float = MIN_SAMPLE_S) -> list[float]:
+    """Best time of one call of each `fn` over `repeat` samples, after one warm-up call each.
 
     A sample runs `fn` as many times as fill about `min_sample` seconds (sized from the warm-up, as
-    `timeit` does), so cheap models are not timed from a single call of a few milliseconds.
+    `timeit` does), so cheap models are not timed from a single call of a few milliseconds. The
+    samples of several functions are interleaved (a, b, a, b, ...), so a slow spell of a shared
+    machine falls on all of them rather than on whichever ran last.
     """
-    t = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t
-    loops = max(1, math.ceil(min_sample / max(once, 1e-6)))
-    best = math.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        best = min(best, (time.perf_counter() - t) / loops)
-    return best
-
-
-def _timed_pair(
-    fa: Callable[[], Any], fb: Callable[[], Any], repeat: int, min_sample: float = MIN_SAMPLE_S
-) -> tuple[float, float]:
-    """Best times of `fa` and `fb` (as `_timed`), their samples interleaved a, b, a, b, ... so a slow
-    spell of a shared machine falls on both rather than on whichever ran second."""
     loops = []
-    for fn in (fa, fb):
+    for fn in fns:
         t = time.perf_counter()
         fn()
         loops.append(max(1, math.ceil(min_sample / max(time.perf_counter() - t, 1e-6))))
-    best = [math.inf, math.inf]
+    best = [math.inf] * len(fns)
     for _ in range(repeat):
-        for i, fn in enumerate((fa, fb)):
+        for i, fn in enumerate(fns):
             t = time.perf_counter()
             for _ in range(loops[i]):
                 fn()
             best[i] = min(best[i], (time.perf_counter() - t) / loops[i])
-    return best[0], best[1]
+    return best
 
 
 def _batches(xs: list, b: int) -> list[list]:
@@ -214,9 +198,9 @@ def bench_one(
             return [list(handler.run_inference(c, model)) for c in chunks]
 
         tensors = [model_tensors(name, p) for p in prep()]
-        t_prep = _timed(prep, 1)
-        t_bare, t_handler = _timed_pair(
-            lambda tensors=tensors: [bare(t) for t in tensors], full, repeat
+        (t_prep,) = _timed(prep, repeat=1)
+        t_bare, t_handler = _timed(
+            lambda tensors=tensors: [bare(t) for t in tensors], full, repeat=repeat
         )
         rows.append(
             {

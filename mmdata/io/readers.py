@@ -257,9 +257,8 @@ class _ManifestRowFn(beam.DoFn):
         metadata["path"] = path
         try:
             exists = FileSystems.exists(path)
-        except (
-            ValueError
-        ) as e:  # no Beam filesystem for the scheme (gs:// without apache-beam[gcp])
+        except ValueError as e:
+            # no Beam filesystem for the scheme (gs:// without apache-beam[gcp])
             yield record(None, ("unsupported_filesystem", f"{path}: {e}"))
             return
         if not exists:

@@ -21,6 +21,7 @@ import bisect
 import hashlib
 import io
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -270,8 +271,6 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
     """
     if not _local(output):
         return
-    import os
-
     out = os.path.abspath(output)
     if os.path.isfile(out):
         raise ValueError(
