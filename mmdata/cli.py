@@ -45,10 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _DropImportNoise(logging.Filter):
-    """Beam warns at import that the optional GCP client is absent; that is expected without [gcp]."""
+    """Beam warnings that are expected and tell a user nothing: the optional GCP client is absent (without
+    [gcp]); and, relayed from local worker processes, the two start-up warnings every worker logs."""
+
+    NOISE = (
+        "apitools not found",
+        "No semi_persistent_directory found",
+        "Discarding unparseable args",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
+        message = record.getMessage()
+        return not any(n in message for n in self.NOISE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     # Beam logs one INFO line per string annotation it reads (ours are strings: `from __future__ import
     # annotations`) and treats them as Any; dozens of lines per job that tell a user nothing.
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    # Ports of the local runner's gRPC servers, and worker INFO lines relayed (multi_processing mode).
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.worker_handlers").setLevel(
+        logging.WARNING
+    )
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.WARNING)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.verbose:

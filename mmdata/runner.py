@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineRunner
 
@@ -32,11 +37,28 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
             "--direct_running_mode=multi_threading with several workers gives inconsistent counts in "
             "this Beam version; use --direct_running_mode=multi_processing"
         )
+    if direct.direct_running_mode == "multi_processing" and is_direct(std.runner):
+        quiet_worker_logs(opts)
     if "DaskRunner" in str(std.runner):
         from mmdata.dask_compat import patch_dask_runner
 
         patch_dask_runner()
     return opts
+
+
+# Beam's own INFO lines in each worker process (channels opened, harness starting and exiting: about 20
+# per worker and job) say nothing to a user; mmdata's progress lines stay at INFO.
+WORKER_LOG_OVERRIDES = {"apache_beam": "WARNING", "__main__": "WARNING"}
+
+
+def quiet_worker_logs(opts: PipelineOptions) -> None:
+    """Beam's loggers at WARNING in local worker processes, unless the user set worker log levels."""
+    harness = opts.view_as(WorkerOptions)
+    if (
+        harness.default_sdk_harness_log_level is None
+        and harness.sdk_harness_log_level_overrides is None
+    ):
+        harness.sdk_harness_log_level_overrides = dict(WORKER_LOG_OVERRIDES)
 
 
 class LocalDirectRunner(PipelineRunner):

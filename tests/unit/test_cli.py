@@ -51,3 +51,22 @@ def test_runner_options():
     assert pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     with pytest.raises(ValueError, match="multi_processing"):
         pipeline_options(["--direct_num_workers=2", "--direct_running_mode=multi_threading"])
+
+
+def test_local_worker_processes_log_beam_at_warning_unless_told():
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    from mmdata.runner import WORKER_LOG_OVERRIDES, pipeline_options
+
+    mp = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert (
+        pipeline_options(mp).view_as(WorkerOptions).sdk_harness_log_level_overrides
+        == WORKER_LOG_OVERRIDES
+    )
+    # the user's own levels win; in-process runs and other runners are left alone
+    told = pipeline_options([*mp, "--default_sdk_harness_log_level=DEBUG"]).view_as(WorkerOptions)
+    assert told.sdk_harness_log_level_overrides is None
+    assert told.default_sdk_harness_log_level == "DEBUG"
+    told = pipeline_options([*mp, '--sdk_harness_log_level_overrides={"mmdata": "DEBUG"}'])
+    assert told.view_as(WorkerOptions).sdk_harness_log_level_overrides == {"mmdata": "DEBUG"}
+    assert pipeline_options([]).view_as(WorkerOptions).sdk_harness_log_level_overrides is None
