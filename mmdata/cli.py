@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.WARNING)
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)  # the command list, not only "arguments are required"
+        return 2
     args, rest = parser.parse_known_args(argv)
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)

@@ -24,19 +24,32 @@ class ConfigError(ValueError):
     """A config value is unknown, of the wrong type, or out of range."""
 
 
+def opt(
+    default: Any = dataclasses.MISSING, help: str = "", factory: Any = dataclasses.MISSING
+) -> Any:
+    """A config field with its CLI help text (shown by `mmdata <job> --help`)."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class IngestConfig:
     """Decoding and caption rules applied to every input record."""
 
-    max_file_bytes: int = 64 * 1024 * 1024  # larger files are refused unread
-    max_pixels: int = (
-        64_000_000  # decompression-bomb guard, checked from the header before decoding
+    max_file_bytes: int = opt(
+        64 * 1024 * 1024, "files larger than this (bytes) are rejected unread (file_too_large)"
     )
-    max_side: int = 20_000
-    max_caption_chars: int = 1000
-    caption_field: str = "caption"  # sidecar json / manifest column holding the caption
-    path_field: str = "path"  # manifest column holding the image path
-    key_field: str = "key"  # manifest column holding a record key (optional)
+    max_pixels: int = opt(
+        64_000_000,
+        "images with more pixels are rejected from their header, before decoding "
+        "(decompression-bomb guard)",
+    )
+    max_side: int = opt(20_000, "images with a longer side (px) are rejected from their header")
+    max_caption_chars: int = opt(
+        1000, "longer captions are rejected (caption_too_long) after whitespace is normalised"
+    )
+    caption_field: str = opt("caption", "sidecar JSON key / manifest column holding the caption")
+    path_field: str = opt("path", "manifest column holding the image path")
+    key_field: str = opt("key", "manifest column holding a record key (optional)")
 
     def validate(self) -> None:
         _positive(self, "max_file_bytes", "max_pixels", "max_side", "max_caption_chars")
@@ -46,10 +59,14 @@ class IngestConfig:
 class QualityConfig:
     """Technical quality filter thresholds (see mmdata/core/quality.py)."""
 
-    min_side: int = 32
-    max_aspect_ratio: float = 3.0
-    min_laplacian_var: float = 10.0  # blur: variance of the Laplacian of the grey image
-    min_std: float = 3.0  # near-uniform: std of grey levels (0-255)
+    min_side: int = opt(32, "reject images whose shorter side (px) is below this")
+    max_aspect_ratio: float = opt(3.0, "reject images whose long/short side ratio is above this")
+    min_laplacian_var: float = opt(
+        10.0, "blur: reject images whose grey Laplacian variance is below this"
+    )
+    min_std: float = opt(
+        3.0, "near-uniform: reject images whose grey-level std (0-255) is below this"
+    )
 
     def validate(self) -> None:
         _positive(self, "min_side")
@@ -63,16 +80,21 @@ class QualityConfig:
 class ShardConfig:
     """Shard writer limits."""
 
-    maxcount: int = 1000  # samples per shard
-    maxsize: int = (
-        512 * 1024 * 1024
-    )  # bytes per shard (a single larger sample still gets its own shard)
+    maxcount: int = opt(1000, "samples per shard")
+    maxsize: int = opt(
+        512 * 1024 * 1024, "bytes per shard (a single larger sample still gets its own shard)"
+    )
 
     def validate(self) -> None:
         _positive(self, "maxcount", "maxsize")
 
 
 DEMO_TASKS = ("txt2img",)
+INPUT_KINDS_HELP = (
+    "auto",
+    "auto|folder|manifest|webdataset; auto: a .parquet/.csv/.jsonl file is a manifest, .tar files "
+    "are WebDataset shards, a folder of images is a folder",
+)
 
 
 @dataclass
@@ -83,12 +105,16 @@ class DemoConfig:
     from the path (a .parquet/.csv/.jsonl file is a manifest, .tar files are WebDataset shards).
     """
 
-    input: str = ""
-    input_kind: str = "auto"
-    output: str = "out/demo"
-    seed: int = 0
-    templates_dir: str = ""
-    tasks: list[str] = field(default_factory=lambda: ["txt2img"])
+    input: str = opt(
+        "",
+        "source: a folder of images with sidecar captions, a manifest "
+        "(.parquet/.csv/.jsonl) or WebDataset .tar shards (default: the bundled sample corpus)",
+    )
+    input_kind: str = opt(INPUT_KINDS_HELP[0], INPUT_KINDS_HELP[1])
+    output: str = opt("out/demo", "dataset folder (new, empty, or an mmdata dataset to update)")
+    seed: int = opt(0, "seed of every random choice (template picks); same seed, same shards")
+    templates_dir: str = opt("", "instruction templates folder (default: the bundled templates/)")
+    tasks: list[str] = opt(help="tasks to build (comma-separated)", factory=lambda: ["txt2img"])
     ingest: IngestConfig = field(default_factory=IngestConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -119,9 +145,13 @@ class DemoConfig:
 class IngestJobConfig:
     """`mmdata ingest`: sources -> decoded, checked image-text pairs as WebDataset shards."""
 
-    input: str = ""
-    input_kind: str = "auto"
-    output: str = "out/pairs"
+    input: str = opt(
+        "",
+        "source (required): a folder of images with sidecar captions, a manifest "
+        "(.parquet/.csv/.jsonl) or WebDataset .tar shards",
+    )
+    input_kind: str = opt(INPUT_KINDS_HELP[0], INPUT_KINDS_HELP[1])
+    output: str = opt("out/pairs", "dataset folder (new, empty, or an mmdata dataset to update)")
     ingest: IngestConfig = field(default_factory=IngestConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 
@@ -217,7 +247,7 @@ def from_yaml(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, load_yaml(path))
 
 
-def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
     out = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -226,7 +256,7 @@ def _flag_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
             out += _flag_fields(hint, f"{prefix}{f.name}.")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            out.append((prefix + f.name, hint, default))
+            out.append((prefix + f.name, hint, default, f.metadata.get("help", "")))
     return out
 
 
@@ -236,7 +266,7 @@ def add_config_flags(
     """Add one `--a.b` flag per config field (default: unset, so YAML/defaults apply)."""
     group = parser.add_argument_group(f"{cls.__name__} (also settable in --config YAML)")
     group.add_argument("--config", help="YAML config file; flags override it")
-    for name, hint, default in _flag_fields(cls):
+    for name, hint, default, text in _flag_fields(cls):
         if name in skip:
             continue
         shown = ",".join(default) if isinstance(default, list) else default
@@ -245,7 +275,7 @@ def add_config_flags(
             dest=f"cfg::{name}",
             default=None,
             metavar=getattr(hint, "__name__", "LIST").upper(),
-            help=f"default: {shown!r}",
+            help=text if "default:" in text else f"{text} (default: {shown!r})".lstrip(),
         )
 
 

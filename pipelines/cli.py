@@ -59,14 +59,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo, accepts_beam_args=True)
 
     p = sub.add_parser(
-        "ingest", help="read a folder / manifest / WebDataset source into checked pair shards"
+        "ingest",
+        help="read a folder / manifest / WebDataset source into checked pair shards",
+        description="Read image-text pairs from a folder of images with sidecar captions, a manifest "
+        "or img2dataset-style WebDataset shards; decode and check every image and caption; write the "
+        "kept pairs as WebDataset shards (+ Parquet sidecars), the rejects with their reasons, and "
+        "manifest.json. Beam pipeline options (--runner, --direct_num_workers, ...) pass through.",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite", action="store_true", help="rewrite complete shards instead of skipping them"
+    )
     add_config_flags(p, IngestJobConfig)
     p.set_defaults(func=_ingest, accepts_beam_args=True)
 
     p = sub.add_parser("inspect", help="write a self-contained HTML page showing a dataset")
     p.add_argument("dataset", help="dataset folder (with manifest.json)")
     p.add_argument("--out", default=None, help="HTML file (default: <dataset>/inspect.html)")
-    p.add_argument("--max_samples", type=int, default=48)
+    p.add_argument(
+        "--max_samples",
+        type=int,
+        default=48,
+        help="most samples shown (taken from the first shards in order)",
+    )
     p.set_defaults(func=_inspect)

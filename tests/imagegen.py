@@ -198,7 +198,7 @@ def bad_folder(root: Path) -> dict[str, str]:
         "bad_caption": "caption_not_utf8",
         "empty_caption": "caption_empty",
         "long_caption": "caption_too_long",
-        "no_sidecar": "missing_caption",
+        "no_sidecar": "caption_missing",
         "filename_caption": "caption_filename",
         "bad_json": "bad_sidecar",
         "tiny": "too_small",

@@ -1,7 +1,8 @@
 """Sources of image-text pairs, as Beam PTransforms yielding RawRecords.
 
 - `ReadFolder(root)`: a folder tree of images, each with a sidecar caption `<stem>.json` (object with a
-  caption field plus free metadata) and/or `<stem>.txt`.
+  caption field plus free metadata) and/or `<stem>.txt`. With both, the JSON caption is used (the `.txt`
+  only when the JSON has none) and the record's metadata `caption_sidecar` says which one.
 - `ReadManifest(pattern)`: Parquet, CSV or JSONL files with an image path column and a caption column; other
   columns become metadata; relative paths are relative to the manifest's folder.
 - `ReadWebDataset(pattern)`: tar shards as img2dataset writes them (`NNNNN.tar` with `<key>.jpg|png|webp`,
@@ -122,8 +123,13 @@ class _FolderGroupFn(beam.DoFn):
                 caption, metadata, error = _parse_sidecar_json(data, self.cfg.caption_field)
         if caption is None and error is None and "txt" in by_ext:
             caption, error = _read_bytes(by_ext["txt"][0][0], by_ext["txt"][0][1], 1 << 20)
+            if "json" in by_ext:
+                metadata["caption_sidecar"] = "txt"
+        elif "json" in by_ext and "txt" in by_ext and error is None:
+            # Both sidecars: the JSON caption wins; say so, since the .txt was not read.
+            metadata["caption_sidecar"] = "json"
         if caption is None and error is None:
-            error = ("missing_caption", "no .txt or .json sidecar with a caption")
+            error = ("caption_missing", "no .txt or .json sidecar with a caption")
         for n, ext in enumerate(images):
             path, size = by_ext[ext][0]
             # Two images with one stem (a.png + a.jpg) share the sidecar; keys stay distinct.

@@ -120,6 +120,37 @@ def test_read_folder(tmp_path):
         )
 
 
+def test_read_folder_caption_sidecar_precedence(tmp_path):
+    """With a .json and a .txt for one image, the JSON caption wins (the .txt only fills in for a JSON
+    without one), and the record says which was used."""
+    for stem in ("both", "json_no_caption", "txt_only"):
+        imagegen.photo("coffee", 40).save(tmp_path / f"{stem}.png")
+    (tmp_path / "both.json").write_text(json.dumps({"caption": "from json", "style": "x"}))
+    (tmp_path / "both.txt").write_text("from txt")
+    (tmp_path / "json_no_caption.json").write_text(json.dumps({"style": "y"}))
+    (tmp_path / "json_no_caption.txt").write_text("txt fills in")
+    (tmp_path / "txt_only.txt").write_text("only txt")
+    with TestPipeline(runner=LocalDirectRunner()) as p:
+        recs = p | ReadFolder(str(tmp_path))
+        assert_that(
+            recs
+            | beam.Map(
+                lambda r: (
+                    r.key,
+                    r.caption.decode() if isinstance(r.caption, bytes) else r.caption,
+                    r.metadata.get("caption_sidecar"),
+                )
+            ),
+            equal_to(
+                [
+                    ("both", "from json", "json"),
+                    ("json_no_caption", "txt fills in", "txt"),
+                    ("txt_only", "only txt", None),
+                ]
+            ),
+        )
+
+
 def test_read_manifest_formats(tmp_path):
     import pyarrow as pa
 

@@ -19,6 +19,25 @@ def test_help_lists_subcommands(capsys):
         assert cmd in out
 
 
+def test_no_arguments_prints_the_command_list(capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    for cmd in ("demo", "ingest", "inspect", "train"):
+        assert f"    {cmd} " in err
+
+
+def test_every_job_flag_says_what_it_does():
+    import argparse
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for job in ("demo", "ingest"):
+        for action in sub.choices[job]._actions:
+            if action.option_strings and action.dest != "help":
+                text = action.help or ""
+                assert text and not text.startswith("default:"), (job, action.option_strings)
+
+
 def test_beam_options_pass_through_only_for_jobs():
     args, rest = build_parser().parse_known_args(
         ["demo", "--seed", "3", "--runner=DirectRunner", "--direct_num_workers=2"]
