@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import platform
 import re
 from importlib import metadata as importlib_metadata
@@ -16,6 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from mmdata.io.shards import _write_atomic
 from mmdata.transforms.stage import summarize_tallies
+
+log = logging.getLogger("mmdata")
 
 REJECT_SCHEMA = pa.schema(
     [
@@ -103,6 +106,14 @@ class _FinalizeFn(beam.DoFn):
         _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
         shards = sorted(shards, key=lambda s: s.name)
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
+        skipped = sum(s.skipped for s in shards)
+        log.info(
+            "%s: %d shards written, %d already complete and kept as they were%s",
+            self.output,
+            len(shards) - skipped,
+            skipped,
+            " (--overwrite rewrites them)" if skipped else "",
+        )
         task_counts: dict[str, int] = {}
         for task, n in sorted(tasks):
             task_counts[task] = task_counts.get(task, 0) + n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -107,12 +108,17 @@ def test_accounting_and_every_bad_input_rejected(corpus, direct_run):
     assert {"good_" + k for k in good} <= keys
 
 
-def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path):
+def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path, caplog):
     out, m = direct_run
     work = tmp_path / "ds"
     shutil.copytree(out, work)
     before = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
-    m2 = run_demo(corpus[0], work)
+    with caplog.at_level(logging.INFO, logger="mmdata"):
+        m2 = run_demo(corpus[0], work)
+    n = len(m["shards"])
+    assert (
+        f"0 shards written, {n} already complete" in caplog.text
+    )  # the rerun says what it skipped
     after = {p.name: p.stat().st_mtime_ns for p in work.iterdir()}
     assert {k: v for k, v in m2.items() if k != "config"} == {
         k: v for k, v in m.items() if k != "config"
