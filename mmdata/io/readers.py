@@ -492,7 +492,13 @@ def detect_kind(path: str) -> tuple[str, str]:
 
 
 def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) -> beam.PTransform:
-    """The reader PTransform for an input path."""
+    """The reader PTransform for an input path.
+
+    A local path is made absolute first, so records' `source` (and so the shards' bytes) do not depend on
+    the directory the job was started from.
+    """
+    if "://" not in path:
+        path = os.path.abspath(path) + ("/" if path.endswith("/") else "")
     if kind == "auto":
         kind, pattern = detect_kind(path)
     else:

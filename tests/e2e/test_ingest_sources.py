@@ -207,3 +207,20 @@ def test_output_folder_safety(tmp_path):
     _run(str(src), out)  # a rerun into its own dataset
     names = sorted(p.name for p in out.iterdir())
     assert "00009.tar" not in names and "keep.parquet" in names and "00000.tar" in names
+
+
+def test_shards_do_not_depend_on_the_directory_the_job_ran_from(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    imagegen.good_folder(src, n_shapes=3)
+    _run(str(src), tmp_path / "abs")
+    monkeypatch.chdir(tmp_path)
+    _run("src", tmp_path / "rel")
+    _run("./src/", tmp_path / "rel2")
+    tars = sorted(p.name for p in (tmp_path / "abs").glob("*.tar"))
+    assert tars
+    for name in tars:
+        data = (tmp_path / "abs" / name).read_bytes()
+        assert (tmp_path / "rel" / name).read_bytes() == data
+        assert (tmp_path / "rel2" / name).read_bytes() == data
+    sample = next(iter(wds.WebDataset(str(tmp_path / "rel" / tars[0]), shardshuffle=False)))
+    assert json.loads(sample["json"])["source"].startswith(str(src))
