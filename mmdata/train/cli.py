@@ -94,6 +94,7 @@ def _checkpoint(path: str) -> Path:
 
 def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.train.config import TrainConfig, apply_overrides
+    from mmdata.train.data import resolve_shards
     from mmdata.train.loop import train
 
     data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
@@ -112,6 +113,7 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     cfg = TrainConfig.from_dict(data)
     if not cfg.data.shards:
         raise SystemExit("no shards: pass --shards or set data.shards in the config")
+    resolve_shards(cfg.data.shards)  # a wrong --shards fails here, before the model is built
     result = train(cfg)
     log.info("finished at step %d; checkpoint %s", result.step, result.checkpoint)
     return 0
@@ -143,8 +145,10 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.train.data import resolve_shards
     from mmdata.train.evaluate import EvalConfig, evaluate
 
+    resolve_shards(args.shards)  # a wrong --shards fails before the model is loaded
     ec = EvalConfig(
         checkpoint=str(_checkpoint(args.checkpoint)),
         shards=args.shards,

@@ -82,7 +82,18 @@ def resolve_shards(specs: list[str]) -> tuple[list[str], dict[str, Any] | None]:
     for spec in specs:
         if _is_dataset_root(spec):
             root = spec.rstrip("/")
-            m = json.loads(_read_text(f"{root}/manifest.json"))
+            try:
+                m = json.loads(_read_text(f"{root}/manifest.json"))
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{spec!r} is not an mmdata dataset (no manifest.json there): give a dataset "
+                    "folder written by `mmdata demo`, or .tar shard paths / brace patterns"
+                ) from None
+            if m.get("job") == "ingest":
+                raise ValueError(
+                    f"{spec!r} holds image-text pairs written by `mmdata ingest`, not instruction "
+                    "samples; train on a dataset written by `mmdata demo` (which builds them)"
+                )
             manifest = manifest or m
             urls += [f"{root}/{s['name']}" for s in m.get("shards", []) if s.get("samples", 1) > 0]
         else:

@@ -130,6 +130,25 @@ def test_sample_command(run_dir: Path, tmp_path: Path) -> None:
     assert np.array_equal(first, np.asarray(Image.open(out / "0000_00.png")))
 
 
+def test_train_refuses_wrong_shards_before_building_the_model(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from mmdata.train import loop
+
+    def never(*a, **k):
+        raise AssertionError("the trainer started")
+
+    monkeypatch.setattr(loop, "train", never)
+    out = str(tmp_path / "run")
+    assert main(["train", "--shards", str(tmp_path / "nope"), "--output", out]) == 2
+    assert "is not an mmdata dataset (no manifest.json" in capsys.readouterr().err
+    pairs = tmp_path / "pairs"  # what `mmdata ingest` writes: pairs, not instruction samples
+    pairs.mkdir()
+    (pairs / "manifest.json").write_text(json.dumps({"job": "ingest", "shards": []}))
+    assert main(["train", "--shards", str(pairs), "--output", out]) == 2
+    assert "written by `mmdata ingest`, not instruction samples" in capsys.readouterr().err
+
+
 def test_instruction_markers_must_match(tmp_path: Path) -> None:
     bad = {
         "instruction": "use [ref#1] and [ref#2]",
