@@ -348,6 +348,8 @@ class _TarFn(beam.DoFn):
                     if ti.isdir():
                         continue
                     if _unsafe_member(name) or not ti.isreg():
+                        yield from flush()  # the sample before it is complete: its members ended
+                        group, group_key = {}, None
                         kind = (
                             "path escapes the archive"
                             if _unsafe_member(name)
@@ -363,6 +365,8 @@ class _TarFn(beam.DoFn):
                         continue
                     base = posixpath.basename(name)
                     if "." not in base:
+                        yield from flush()
+                        group, group_key = {}, None
                         yield RawRecord(
                             key=slug_key(name),
                             source=src,
@@ -382,6 +386,15 @@ class _TarFn(beam.DoFn):
                         continue
                     fobj = tar.extractfile(ti)
                     group[ext.lower()] = fobj.read() if fobj else b""
+                # Python's tarfile ends quietly when the file stops at or inside a member header;
+                # only a zero block marks a complete archive, so a file too short to hold one there
+                # was cut off (the sample being read is then as suspect as one cut mid-data).
+                size = getattr(meta, "size_in_bytes", None)
+                if size is not None and size < tar.offset + tarfile.BLOCKSIZE:
+                    raise tarfile.ReadError(
+                        f"archive ends at byte {size} without its end-of-archive block "
+                        f"(expected at byte {tar.offset}): truncated"
+                    )
                 yield from flush()
                 group_key = None
         except (tarfile.TarError, OSError, EOFError) as e:

@@ -225,6 +225,60 @@ def test_read_webdataset_with_unsafe_and_failed(tmp_path):
         )
 
 
+def test_read_webdataset_tar_cut_anywhere(tmp_path):
+    """A tar cut off at any byte: samples complete before the damage are kept, the one being read is a
+    reject, and the tar itself is one; tarfile alone would end quietly at a cut inside a header or on a
+    member boundary (no end-of-archive block), losing what followed without a word."""
+    import tarfile
+
+    jpg = imagegen.encode(imagegen.photo("coffee", 40), "JPEG")
+    imagegen.img2dataset_tar(
+        tmp_path / "whole.tar",
+        [("000000000", jpg, "first"), ("000000001", jpg, "second")],
+        extra=[("../evil.jpg", jpg)],
+    )
+    whole = (tmp_path / "whole.tar").read_bytes()
+    with tarfile.open(tmp_path / "whole.tar") as t:
+        at = {m.name: m.offset for m in t.getmembers()}
+    cuts = {
+        "in_unsafe_data": at["../evil.jpg"] + 700,  # both samples complete, then the unsafe member
+        "in_json_header": at["000000001.json"] + 100,  # sample 1 lacks its .json
+        "on_boundary": at["000000001.json"],  # same, cut exactly between members
+        "before_unsafe": at["../evil.jpg"],  # nothing marks the end: sample 1 is suspect
+    }
+    (tmp_path / "whole.tar").unlink()
+    for name, cut in cuts.items():
+        (tmp_path / f"{name}.tar").write_bytes(whole[:cut])
+    with TestPipeline(runner=LocalDirectRunner()) as p:
+        recs = p | ReadWebDataset(str(tmp_path / "*.tar"))
+        assert_that(
+            recs
+            | beam.Map(
+                lambda r, root=str(tmp_path) + "/": (
+                    r.source.removeprefix(root),
+                    r.error[0] if r.error else "kept",
+                )
+            ),
+            equal_to(
+                [
+                    ("in_unsafe_data.tar::000000000", "kept"),
+                    ("in_unsafe_data.tar::000000001", "kept"),
+                    ("in_unsafe_data.tar::../evil.jpg", "unsafe_tar_member"),
+                    ("in_unsafe_data.tar", "corrupt_tar"),
+                ]
+                + [
+                    row
+                    for name in ("in_json_header", "on_boundary", "before_unsafe")
+                    for row in (
+                        (f"{name}.tar::000000000", "kept"),
+                        (f"{name}.tar::000000001", "corrupt_tar"),
+                        (f"{name}.tar", "corrupt_tar"),
+                    )
+                ]
+            ),
+        )
+
+
 def _items(n):
     return [
         ShardItem(
