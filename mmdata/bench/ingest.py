@@ -5,6 +5,9 @@ sizes (JPEG, long side --size px), a few thousand images. The baseline is a plai
 doing the same work (read image + sidecar, `decode_image` + `clean_caption`, write with `webdataset.TarWriter`)
 measured in the same run. Beam timings are wall-clock of the whole job (graph construction, start-up, manifest).
 Each configuration runs `--repeat` times and keeps its best time (noise on a shared machine only adds).
+Each run's CPU time (this process and Beam's worker processes) is printed too: a job that needs C
+CPU-seconds cannot finish in less than C / cores seconds, which bounds the 2-worker speed-up a machine
+can show whatever the scheduling.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -103,6 +107,12 @@ def plain_loop(corpus: Path, out: Path, maxcount: int) -> int:
     return kept
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (Beam's worker processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def beam_ingest(corpus: Path, out: Path, maxcount: int, beam_args: list[str]) -> int:
     cfg = IngestJobConfig(input=str(corpus), output=str(out), shards=ShardConfig(maxcount=maxcount))
     ingest.run(cfg, beam_args, overwrite=True)
@@ -166,31 +176,39 @@ def main(argv: list[str] | None = None) -> int:
     if not small.exists() or len(list(small.glob("*.jpg"))) != args.n_small:
         shutil.rmtree(small, ignore_errors=True)
         build_bench_corpus(small, args.n_small, args.size)
-    rates, rows = [], []
+    rates, rows, cpus = [], [], []
     for i, (name, fn) in enumerate(runs):
-        times: dict[str, tuple[int, float]] = {}
+        times: dict[str, tuple[int, float, float]] = {}
         for _ in range(max(1, args.repeat)):
             for label, c in (("small", small), ("full", corpus)):
                 out = work / f"out{i}-{label}"
                 shutil.rmtree(out, ignore_errors=True)
-                t0 = time.perf_counter()
+                c0, t0 = _cpu_seconds(), time.perf_counter()
                 kept = fn(c, out)
-                dt = time.perf_counter() - t0
+                dt, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
                 if label not in times or dt < times[label][1]:
-                    times[label] = (kept, dt)
-        kept, dt = times["full"]
+                    times[label] = (kept, dt, cpu)
+        kept, dt, cpu = times["full"]
         per_image = (dt - times["small"][1]) / max(1, kept - times["small"][0])
         fixed = max(0.0, dt - per_image * kept)
         rates.append(kept / dt)
+        cpus.append(cpu)
         rows.append((name, kept, dt, per_image, fixed))
         print(
             f"  {name:<50} {kept:>6} kept in {dt:6.2f} s = {kept / dt:8.1f} images/s  "
-            f"({per_image * 1e3:.2f} ms/image + {fixed:.1f} s fixed)",
+            f"({per_image * 1e3:.2f} ms/image + {fixed:.1f} s fixed; CPU {cpu:.1f} s)",
             flush=True,
         )
     base, one, two = rates
+    cores = os.cpu_count() or 1
     print(f"ratio beam 1 worker / plain loop:  {one / base:.2f}  (aim >= 0.8)")
     print(f"ratio beam 2 workers / 1 worker:   {two / one:.2f}  (aim > 1.6)")
+    # Whatever the scheduling, a job needing C CPU-seconds takes at least C / cores seconds here.
+    bound = rows[1][2] / (cpus[2] / cores)
+    print(
+        f"CPU: 2 workers used {cpus[2] / cpus[1]:.2f}x the CPU time of 1 worker (worker processes "
+        f"included); with {cores} cores the 2-worker speed-up cannot exceed {bound:.2f} here"
+    )
     per_base, per_one, per_two = (r[3] for r in rows)
     print(
         f"per-image cost only (fixed costs removed): 1 worker / plain {per_base / per_one:.2f}, "

@@ -390,7 +390,8 @@ class _TarFn(beam.DoFn):
                 # only a zero block marks a complete archive, so a file too short to hold one there
                 # was cut off (the sample being read is then as suspect as one cut mid-data).
                 size = getattr(meta, "size_in_bytes", None)
-                if size is not None and size < tar.offset + tarfile.BLOCKSIZE:
+                plain = getattr(tar.fileobj, "comptype", "tar") == "tar"  # offsets = file bytes
+                if plain and size is not None and size < tar.offset + tarfile.BLOCKSIZE:
                     raise tarfile.ReadError(
                         f"archive ends at byte {size} without its end-of-archive block "
                         f"(expected at byte {tar.offset}): truncated"
