@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,14 +194,20 @@ def dumps(tf: TemplateFile) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename. The temporary file is created with mode 0666
+    less the umask (what a plain `open` gives; `mkstemp` would make it private), and an existing file
+    keeps its mode: template files are shared data."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        if path.exists():
+            os.fchmod(fd, path.stat().st_mode & 0o777)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -98,6 +98,14 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.train.loop import train
 
     data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    mixture = None
+    if args.mixture is not None:
+        try:
+            mixture = json.loads(args.mixture)
+        except ValueError as e:
+            raise ValueError(
+                f"--mixture {args.mixture!r} is not JSON ({e}); e.g. '{{\"txt2img\": 0.5}}'"
+            ) from None
     flags = {
         "data.shards": args.shards,
         "output_dir": args.output,
@@ -105,7 +113,7 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
         "init_from": args.init_from,
         "max_steps": args.max_steps,
         "batch_size": args.batch_size,
-        "data.mixture": json.loads(args.mixture) if args.mixture else None,
+        "data.mixture": mixture,
         "resume": True if args.resume else None,
     }
     apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])

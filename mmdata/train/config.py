@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+def _at_least(obj: Any, prefix: str = "", /, **minimums: int) -> None:
+    for name, low in minimums.items():
+        if getattr(obj, name) < low:
+            raise ValueError(f"{prefix}{name} must be >= {low}, got {getattr(obj, name)!r}")
 
 
 @dataclass
@@ -47,6 +54,21 @@ class ModelConfig:
     context_grad: bool = True
 
     def validate(self) -> None:
+        _at_least(
+            self,
+            "model.",
+            image_size=8,
+            in_channels=1,
+            base_channels=1,
+            num_res_blocks=1,
+            head_channels=1,
+            text_dim=1,
+            cond_dim=1,
+        )
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+            raise ValueError(f"model.channel_mults must be positive, got {self.channel_mults}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.image_size % (2 ** (len(self.channel_mults) - 1)):
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by 2**{len(self.channel_mults) - 1}"
@@ -66,6 +88,7 @@ class DiffusionConfig:
     schedule: str = "cosine"  # cosine | linear
 
     def validate(self) -> None:
+        _at_least(self, "diffusion.", num_timesteps=2)
         if self.schedule not in ("cosine", "linear"):
             raise ValueError(f"unknown schedule {self.schedule!r}; use cosine or linear")
 
@@ -124,8 +147,15 @@ class DataConfig:
     min_corrupt_errors: int = 10
 
     def validate(self) -> None:
-        if self.max_context < 1:
-            raise ValueError("max_context must be >= 1")
+        _at_least(self, "data.", max_context=1, shuffle_buffer=1, num_workers=0)
+        if self.mixture is not None:
+            from mmdata.core.tasks import TASKS
+
+            unknown = sorted(set(self.mixture) - set(TASKS))
+            if unknown:
+                raise ValueError(
+                    f"data.mixture: unknown task(s) {unknown}; known: {', '.join(sorted(TASKS))}"
+                )
         if self.mixture is not None and any(v < 0 for v in self.mixture.values()):
             raise ValueError(f"mixture ratios must be >= 0: {self.mixture}")
 
@@ -185,6 +215,20 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
+        _at_least(
+            self,
+            max_steps=1,
+            batch_size=1,
+            warmup_steps=0,
+            ema_warmup_steps=0,
+            log_every=1,
+            checkpoint_every=1,
+            keep_checkpoints=1,
+        )
+        if not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0:
+            raise ValueError("lr and grad_clip must be > 0, weight_decay >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if self.init_weights not in ("ema", "model"):
@@ -216,19 +260,24 @@ class TrainConfig:
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a `.json` or `.yaml` config file."""
         text = Path(path).read_text()
-        if str(path).endswith((".yaml", ".yml")):
-            import yaml
+        try:
+            if str(path).endswith((".yaml", ".yml")):
+                import yaml
 
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - YAML and JSON parse errors: one clear message
+            raise ValueError(f"config {path}: does not parse: {e}") from None
         return cls.from_dict(data)
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     """Build dataclass `cls` from a dict, recursing into nested dataclasses; unknown keys raise."""
     if not isinstance(data, dict):
-        raise TypeError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ValueError(
+            f"config {where.rstrip('.') or '(top level)'}: expected a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -241,11 +290,64 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{where}{name}.")
-        elif _is_tuple(hint) and isinstance(value, list):
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, where + name)
     return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """`value` checked against the field's type `hint` (a wrong type is a ValueError naming the field,
+    not a failure deep inside training); lists become tuples for tuple fields, and a single string is
+    a one-item list for list fields (`data.shards: /path/ds`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, name)
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"config {name}: expected {expected}, got {value!r}")
+
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise bad("a finite number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin in (tuple, list):
+        if origin is list and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise bad("a list")
+        item = args[0] if args else Any
+        items = [
+            v if item is Any else _coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)
+        ]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        key_t, val_t = args
+        return {
+            _coerce(k, key_t, f"{name} key"): _coerce(v, val_t, f"{name}[{k!r}]")
+            for k, v in value.items()
+        }
+    return value
 
 
 def _is_tuple(hint: Any) -> bool:
@@ -267,7 +369,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = raw
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(
+                    f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
         node[parts[-1]] = value
     return data

@@ -31,6 +31,7 @@ import random
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,15 @@ def resolve_shards(specs: list[str]) -> tuple[list[str], dict[str, Any] | None]:
             manifest = manifest or m
             urls += [f"{root}/{s['name']}" for s in m.get("shards", []) if s.get("samples", 1) > 0]
         else:
-            urls += list(braceexpand.braceexpand(spec))
+            expanded = list(braceexpand.braceexpand(spec))
+            local = [u for u in expanded if "://" not in u and not u.startswith("pipe:")]
+            missing = [u for u in local if not Path(u).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"shard file(s) not found: {', '.join(missing[:3])}"
+                    + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                )
+            urls += expanded
     if not urls:
         raise ValueError(f"no shards found in {specs}")
     return urls, manifest

@@ -39,6 +39,25 @@ log = logging.getLogger(__name__)
 LOG_FILE = "log.jsonl"
 
 
+def _checkpoint_step(path: Path | None) -> int:
+    return json.loads((path / "state.json").read_text())["step"] if path else 0
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Keep the log lines up to the step a run starts from (a new run: none), so a resumed run's log
+    does not repeat the steps done after its checkpoint, and a new run does not follow an old one."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(f"{line}\n" for line in keep))
+
+
 # -- pieces used by training, sampling and evaluation ------------------------------------------------
 
 
@@ -170,9 +189,22 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     )
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     out = Path(cfg.output_dir)
+    existing = ckpt.latest_checkpoint(out)
+    if existing is not None and not cfg.resume:
+        raise ValueError(
+            f"{out} already holds a run (latest checkpoint {existing.name}): pass --resume to "
+            "continue it, or give a new --output"
+        )
+    if existing is not None:  # refuse a changed model before anything in the run folder is touched
+        diff = ckpt.model_config_diff(ckpt.read_config(existing), cfg)
+        if diff:
+            raise ValueError(f"cannot resume {existing}: the model config changed: {diff}")
+    elif cfg.resume:
+        log.warning("resume: no checkpoint in %s; starting a new run there", out)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
+        _trim_log(out / LOG_FILE, _checkpoint_step(existing))
 
     text_encoder = text_encoder or TextEncoder(cfg.text, device)
     if text_encoder.dim != cfg.model.text_dim:

@@ -303,3 +303,20 @@ def test_cli_refuses_a_missing_templates_folder_and_unknown_tasks(tmp_path, caps
         assert "does not exist" in capsys.readouterr().err
     assert main(["templates", "list", "--task", "bogus"]) == 2
     assert "unknown task 'bogus'" in capsys.readouterr().err
+
+
+def test_template_files_are_written_readable_by_others(tmp_path: Path) -> None:
+    """Atomic writes must not make shared template files private (mkstemp's 0600)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "t.yaml"
+        store.atomic_write_text(path, "a: 1\n")
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)  # a mode the user chose is kept across rewrites
+        store.atomic_write_text(path, "a: 2\n")
+        assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "a: 2\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["t.yaml"]  # no temporary file left
+    finally:
+        os.umask(old)

@@ -89,6 +89,16 @@ def test_resume_continues_the_same_step_optimizer_and_data(
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").open()]
     assert steps == [5, 10]  # one log appended across the restart
 
+    # a second run into the same folder must say so, not mix its steps into this one
+    before = (tmp_path / "b" / "config.json").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(tiny_config(tmp_path / "b", stage2_dir, max_steps=12, data=data), text_encoder)
+    changed = tiny_config(tmp_path / "b", stage2_dir, max_steps=12, data=data, resume=True)
+    changed.model.base_channels *= 2
+    with pytest.raises(ValueError, match="model config changed"):
+        train(changed, text_encoder)
+    assert (tmp_path / "b" / "config.json").read_text() == before  # the refused run changed nothing
+
 
 def test_stage2_from_stage1_then_lora(stage1_run, tmp_path: Path, stage2_dir, text_encoder) -> None:
     _, stage1 = stage1_run
