@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmdata",
         allow_abbrev=False,
         description="Build multi-modal instruction datasets for image generation, and train on them.",
-        epilog="Options a subcommand does not know are passed to Apache Beam as pipeline options.",
+        epilog="The job subcommands (demo, ingest) pass options they do not know to Apache Beam as "
+        "pipeline options (--runner, --direct_num_workers, ...).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")

@@ -88,7 +88,7 @@ def _checkpoint(path: str) -> Path:
         return p
     latest = latest_checkpoint(p)
     if latest is None:
-        raise SystemExit(f"no checkpoint in {path}")
+        raise FileNotFoundError(f"no checkpoint in {path} (nor is it a checkpoint folder)")
     return latest
 
 
@@ -133,14 +133,17 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.train.generate import generate, read_instructions
     from mmdata.train.text import TextEncoder
 
+    if args.num_images is not None and args.num_images < 1:
+        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    instructions = read_instructions(args.instruction)  # a bad file fails before the model loads
     device = pick_device(args.device)
     model, cfg = load_model(_checkpoint(args.checkpoint), args.weights)
     model.to(device)
     encoder = TextEncoder(cfg.text, device)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    for i, ins in enumerate(read_instructions(args.instruction)):
-        if args.num_images:
+    for i, ins in enumerate(instructions):
+        if args.num_images is not None:
             ins.num_images = args.num_images
         ins.seed = ins.seed + args.seed
         images = generate(

@@ -290,9 +290,16 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, size: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA when there is a GPU), `cpu`, `cuda` or `cuda:N`; anything else is a ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: torch sees no CUDA GPU here; use --device cpu or auto")
+    return device
 
 
 def evaluate(ec: EvalConfig, text_encoder: TextEncoder | None = None) -> dict[str, Any]:

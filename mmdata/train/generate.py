@@ -41,38 +41,51 @@ class Instruction:
 
 
 def read_instructions(path: str | Path) -> list[Instruction]:
-    """Parse and check an instruction JSON file (one object or a list)."""
+    """Parse and check an instruction JSON file (one object or a list); every problem is a ValueError
+    naming the file and the item."""
     path = Path(path)
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not an instruction JSON file ({e})") from None
     items = raw if isinstance(raw, list) else [raw]
     out = []
     for n, item in enumerate(items):
+        where = f"{path} item {n}"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: expected an object with 'instruction', got {item!r:.80}")
         text = item.get("instruction")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{path} item {n}: 'instruction' (text) is required")
+            raise ValueError(f"{where}: 'instruction' (text) is required")
+        entries = item.get("context") or []
+        if not isinstance(entries, list):
+            raise ValueError(f"{where}: 'context' must be a list of entries")
         context = []
-        for entry in item.get("context", []):
-            marker = entry.get("marker")
-            if not marker or "image" not in entry:
-                raise ValueError(f"{path} item {n}: each context entry needs 'marker' and 'image'")
-            image = Path(entry["image"])
+        for entry in entries:
+            if not isinstance(entry, dict) or not entry.get("marker") or "image" not in entry:
+                raise ValueError(f"{where}: each context entry needs 'marker' and 'image'")
+            image = Path(str(entry["image"]))
+            image = image if image.is_absolute() else path.parent / image
             context.append(
-                {
-                    **entry,
-                    "image": str(image if image.is_absolute() else path.parent / image),
-                    "text": entry.get("text") or marker,
-                }
+                {**entry, "image": str(image), "text": entry.get("text") or entry["marker"]}
             )
         in_text = MARKER.findall(text)
         markers = [c["marker"] for c in context]
         if sorted(set(in_text)) != sorted(markers) or len(set(markers)) != len(markers):
             raise ValueError(
-                f"{path} item {n}: markers in the text {sorted(set(in_text))} must match the context "
+                f"{where}: markers in the text {sorted(set(in_text))} must match the context "
                 f"entries {markers} one to one"
             )
-        out.append(
-            Instruction(text, context, int(item.get("num_images", 1)), int(item.get("seed", 0)))
-        )
+        for c in context:
+            if not Path(c["image"]).is_file():
+                raise ValueError(f"{where}: context image {c['image']!r} not found")
+        counts = {}
+        for name, low in (("num_images", 1), ("seed", 0)):
+            value = item.get(name, low)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{where}: {name!r} must be an integer >= {low}, got {value!r}")
+            counts[name] = value
+        out.append(Instruction(text, context, counts["num_images"], counts["seed"]))
     return out
 
 
@@ -86,7 +99,11 @@ def instruction_batch(ins: Instruction, image_size: int, max_context: int) -> di
     mask = np.zeros(max_context, bool)
     texts = [""] * max_context
     for i, entry in enumerate(ins.context):
-        ctx[i] = load_image(Path(entry["image"]).read_bytes(), image_size).transpose(2, 0, 1)
+        try:
+            pixels = load_image(Path(entry["image"]).read_bytes(), image_size)
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"context image {entry['image']!r} cannot be read: {e}") from None
+        ctx[i] = pixels.transpose(2, 0, 1)
         mask[i] = True
         texts[i] = entry["text"]
     n = ins.num_images

@@ -54,6 +54,11 @@ class GuidedDenoiser:
 
 def ddim_timesteps(num_train_timesteps: int, steps: int) -> torch.Tensor:
     """`steps` evenly spaced training timesteps, descending, e.g. [999, ..., 0]."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(
+            f"sampling steps must be between 1 and the model's {num_train_timesteps} training "
+            f"timesteps, got {steps}"
+        )
     return torch.linspace(num_train_timesteps - 1, 0, steps).round().long()
 
 

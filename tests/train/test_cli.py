@@ -149,6 +149,45 @@ def test_train_refuses_wrong_shards_before_building_the_model(
     assert "written by `mmdata ingest`, not instruction samples" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not an instruction JSON file"),
+        ('["a", "b"]', "expected an object"),
+        ('{"instruction": "x [ref#1]", "context": null}', "must match the context"),
+        ('{"instruction": "x", "context": "edge.png"}', "'context' must be a list"),
+        ('{"instruction": "x [ref#1]", "context": ["edge.png"]}', "needs 'marker' and 'image'"),
+        (
+            '{"instruction": "x [ref#1]", "context": [{"marker": "[ref#1]", "image": "no.png"}]}',
+            "context image .* not found",
+        ),
+        ('{"instruction": "x", "num_images": 0}', "'num_images' must be an integer >= 1"),
+        ('{"instruction": "x", "num_images": "four"}', "'num_images' must be an integer"),
+    ],
+)
+def test_bad_instruction_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "i.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_instructions(tmp_path / "i.json")
+
+
+def test_unreadable_context_image_and_devices(tmp_path: Path) -> None:
+    from mmdata.train.evaluate import pick_device
+    from mmdata.train.generate import instruction_batch
+
+    (tmp_path / "edge.png").write_text("not an image")
+    doc = {"instruction": "x [ref#1]", "context": [{"marker": "[ref#1]", "image": "edge.png"}]}
+    (tmp_path / "i.json").write_text(json.dumps(doc))
+    (ins,) = read_instructions(tmp_path / "i.json")
+    with pytest.raises(ValueError, match="edge.png.* cannot be read"):
+        instruction_batch(ins, 16, 3)
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        pick_device("foo")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            pick_device("cuda")
+
+
 def test_instruction_markers_must_match(tmp_path: Path) -> None:
     bad = {
         "instruction": "use [ref#1] and [ref#2]",
