@@ -92,11 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"unrecognized arguments (neither {args.command} options nor Beam pipeline options): "
                 f"{' '.join(unknown)}; see `mmdata {args.command} --help`"
             )
+    import yaml
+
     try:
         return int(args.func(args, rest) or 0)
     except (
         FileNotFoundError,
         ValueError,
+        yaml.YAMLError,  # a hand-edited template, review or config file that does not parse
     ) as e:  # ConfigError, TemplateError, missing inputs: no traceback
         if args.verbose:
             raise

@@ -82,7 +82,12 @@ def load_templates(task: str, templates_dir: str | Path | None = None) -> list[T
     if not path.is_file():
         raise TemplateError(f"no template file for task {task!r}: expected {path}")
     with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f) or {}
+        try:
+            doc = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise TemplateError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise TemplateError(f"{path}: expected a mapping with 'task' and 'templates'")
     if doc.get("task") != task:
         raise TemplateError(f"{path}: 'task' is {doc.get('task')!r}, expected {task!r}")
     out: list[Template] = []

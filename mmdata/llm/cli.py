@@ -470,7 +470,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where interactive decisions go (default templates/reviews/<task>.yaml)",
     )
     r.add_argument("--reviewer", default=None)
-    r.add_argument("--yes-stdin", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument(
+        "--yes-stdin",
+        action="store_true",
+        help="read the interactive answers from standard input when it is not a terminal (scripts)",
+    )
     r.add_argument("--strict", action="store_true", help="exit 1 if any decision is refused")
     r.set_defaults(func=cmd_review)
 

@@ -62,7 +62,10 @@ def decisions_path(task: str, directory: str | Path | None = None) -> Path:
 
 
 def load_decisions(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("decisions"), list):
         raise ValueError(f"{path}: a decisions file needs a 'decisions' list")
     for d in data["decisions"]:

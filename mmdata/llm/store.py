@@ -137,7 +137,10 @@ def load_path(path: str | Path, expected_task: str | None = None) -> TemplateFil
             header_lines.append(line)
         else:
             break
-    data = yaml.load(raw, Loader=_Loader) or {}
+    try:
+        data = yaml.load(raw, Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict) or "task" not in data:
         raise ValueError(f"{path}: not a template file (needs a mapping with 'task')")
     task = str(data["task"])

@@ -320,3 +320,16 @@ def test_template_files_are_written_readable_by_others(tmp_path: Path) -> None:
         assert [p.name for p in tmp_path.iterdir()] == ["t.yaml"]  # no temporary file left
     finally:
         os.umask(old)
+
+
+def test_hand_edited_files_that_do_not_parse_name_the_file(tmp_path: Path) -> None:
+    from mmdata.core.templates import TemplateError
+
+    (tmp_path / "txt2img.yaml").write_text("templates: [\n")
+    with pytest.raises(ValueError, match=r"txt2img.yaml: not valid YAML"):
+        store.load("txt2img", tmp_path)
+    with pytest.raises(TemplateError, match=r"txt2img.yaml: not valid YAML"):
+        load_templates("txt2img", tmp_path)
+    (tmp_path / "d.yaml").write_text("decisions: [\n")
+    with pytest.raises(ValueError, match=r"d.yaml: not valid YAML"):
+        review.load_decisions(tmp_path / "d.yaml")
