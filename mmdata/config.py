@@ -114,7 +114,10 @@ class DemoConfig:
     output: str = opt("out/demo", "dataset folder (new, empty, or an mmdata dataset to update)")
     seed: int = opt(0, "seed of every random choice (template picks); same seed, same shards")
     templates_dir: str = opt("", "instruction templates folder (default: the bundled templates/)")
-    tasks: list[str] = opt(help="tasks to build (comma-separated)", factory=lambda: ["txt2img"])
+    tasks: list[str] = opt(
+        help="tasks to build (comma-separated); this job builds txt2img only so far",
+        factory=lambda: ["txt2img"],
+    )
     ingest: IngestConfig = field(default_factory=IngestConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
