@@ -90,11 +90,12 @@ class ShardConfig:
 
 
 DEMO_TASKS = ("txt2img",)
-INPUT_KINDS_HELP = (
-    "auto",
+INPUT_HELP = "a folder of images with sidecar captions, a manifest (.parquet/.csv/.jsonl) or WebDataset .tar shards"
+INPUT_KIND_HELP = (
     "auto|folder|manifest|webdataset; auto: a .parquet/.csv/.jsonl file is a manifest, .tar files "
-    "are WebDataset shards, a folder of images is a folder",
+    "are WebDataset shards, a folder of images is a folder"
 )
+OUTPUT_HELP = "dataset folder (new, empty, or an mmdata dataset to update)"
 
 
 @dataclass
@@ -105,13 +106,9 @@ class DemoConfig:
     from the path (a .parquet/.csv/.jsonl file is a manifest, .tar files are WebDataset shards).
     """
 
-    input: str = opt(
-        "",
-        "source: a folder of images with sidecar captions, a manifest "
-        "(.parquet/.csv/.jsonl) or WebDataset .tar shards (default: the bundled sample corpus)",
-    )
-    input_kind: str = opt(INPUT_KINDS_HELP[0], INPUT_KINDS_HELP[1])
-    output: str = opt("out/demo", "dataset folder (new, empty, or an mmdata dataset to update)")
+    input: str = opt("", f"source: {INPUT_HELP} (default: the bundled sample corpus)")
+    input_kind: str = opt("auto", INPUT_KIND_HELP)
+    output: str = opt("out/demo", OUTPUT_HELP)
     seed: int = opt(0, "seed of every random choice (template picks); same seed, same shards")
     templates_dir: str = opt("", "instruction templates folder (default: the bundled templates/)")
     tasks: list[str] = opt(
@@ -148,13 +145,9 @@ class DemoConfig:
 class IngestJobConfig:
     """`mmdata ingest`: sources -> decoded, checked image-text pairs as WebDataset shards."""
 
-    input: str = opt(
-        "",
-        "source (required): a folder of images with sidecar captions, a manifest "
-        "(.parquet/.csv/.jsonl) or WebDataset .tar shards",
-    )
-    input_kind: str = opt(INPUT_KINDS_HELP[0], INPUT_KINDS_HELP[1])
-    output: str = opt("out/pairs", "dataset folder (new, empty, or an mmdata dataset to update)")
+    input: str = opt("", f"source (required): {INPUT_HELP}")
+    input_kind: str = opt("auto", INPUT_KIND_HELP)
+    output: str = opt("out/pairs", OUTPUT_HELP)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
 

@@ -196,8 +196,9 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
             "continue it, or give a new --output"
         )
     if existing is not None:  # refuse a changed model before anything in the run folder is touched
-        diff = ckpt.model_config_diff(ckpt.read_config(existing), cfg)
-        if diff:
+        saved = ckpt.read_config(existing)
+        diff = ckpt.model_config_diff(saved, cfg)
+        if diff or saved.lora.enabled != cfg.lora.enabled:
             raise ValueError(f"cannot resume {existing}: the model config changed: {diff}")
     elif cfg.resume:
         log.warning("resume: no checkpoint in %s; starting a new run there", out)
@@ -223,7 +224,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         share["context_added"] / 1e6,
         100 * share["share_of_total"],
     )
-    resume_from = ckpt.latest_checkpoint(out) if cfg.resume else None
+    resume_from = existing  # checked above: a run there is only continued with resume
     if cfg.init_from and resume_from is None:
         init_cfg = ckpt.read_config(cfg.init_from)
         diff = ckpt.model_config_diff(init_cfg, cfg)
@@ -247,10 +248,6 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
 
     step, samples_seen, data_state = 0, 0, None
     if resume_from is not None:
-        saved = ckpt.read_config(resume_from)
-        diff = ckpt.model_config_diff(saved, cfg)
-        if diff or saved.lora.enabled != cfg.lora.enabled:
-            raise ValueError(f"cannot resume {resume_from}: the model config changed: {diff}")
         model.load_state_dict(ckpt.read_weights(resume_from, "model"))
         ema.load_state_dict(ckpt.read_weights(resume_from, "ema"))
         opt = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
