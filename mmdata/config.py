@@ -50,6 +50,12 @@ class IngestConfig:
     caption_field: str = opt("caption", "sidecar JSON key / manifest column holding the caption")
     path_field: str = opt("path", "manifest column holding the image path")
     key_field: str = opt("key", "manifest column holding a record key (optional)")
+    bytes_by_reference: bool = opt(
+        True,
+        "images kept byte for byte from local files travel between stages as (file, offset, sha256) "
+        "and are re-read where needed, instead of being copied through the runner; remote sources "
+        "always carry their bytes",
+    )
 
     def validate(self) -> None:
         _positive(self, "max_file_bytes", "max_pixels", "max_side", "max_caption_chars")

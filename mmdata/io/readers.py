@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
 from mmdata.core.keys import slug_key
+from mmdata.io.sourcebytes import SourceBytes, is_local
 from mmdata.records import RawRecord
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
@@ -46,17 +47,30 @@ def _split_ext(path: str) -> tuple[str, str]:
 
 
 def _read_bytes(
-    path: str, size: int | None, max_bytes: int
+    path: str, size: int | None, max_bytes: int, by_reference: bool = False
 ) -> tuple[bytes | None, tuple[str, str] | None]:
+    """The file's bytes (a `SourceBytes` for a local file when `by_reference`), or a reject reason."""
     if size is not None and size > max_bytes:
         return None, ("file_too_large", f"{size} bytes > {max_bytes}")
     try:
-        with FileSystems.open(path) as f:
-            data = f.read(max_bytes + 1)
+        if is_local(path):
+            with open(path, "rb") as f:
+                # read(max_bytes + 1) would allocate max_bytes (64 MB) for every small file
+                size = min(os.fstat(f.fileno()).st_size, max_bytes) + 1
+                data = f.read(size)
+                if (
+                    len(data) == size <= max_bytes
+                ):  # the file grew since fstat: read on to the limit
+                    data += f.read(max_bytes + 1 - size)
+        else:
+            with FileSystems.open(path) as f:
+                data = f.read(max_bytes + 1)
     except Exception as e:  # noqa: BLE001 - unreadable file is a reject
         return None, ("unreadable_file", f"{type(e).__name__}: {e}")
     if len(data) > max_bytes:
         return None, ("file_too_large", f"more than {max_bytes} bytes")
+    if by_reference and data and is_local(path):
+        return SourceBytes(data, path), None
     return data, None
 
 
@@ -135,7 +149,9 @@ class _FolderGroupFn(beam.DoFn):
             # Two images with one stem (a.png + a.jpg) share the sidecar; keys stay distinct.
             key = slug_key(rel_stem) + ("" if n == 0 else f"_{ext}")
             image, read_error = (
-                (None, error) if error else _read_bytes(path, size, self.cfg.max_file_bytes)
+                (None, error)
+                if error
+                else _read_bytes(path, size, self.cfg.max_file_bytes, self.cfg.bytes_by_reference)
             )
             yield RawRecord(
                 key=key,
@@ -270,7 +286,7 @@ class _ManifestRowFn(beam.DoFn):
         if not exists:
             yield record(None, ("missing_file", f"{path} does not exist"))
             return
-        yield record(*_read_bytes(path, None, cfg.max_file_bytes))
+        yield record(*_read_bytes(path, None, cfg.max_file_bytes, cfg.bytes_by_reference))
 
 
 class ReadManifest(_Source):
@@ -342,6 +358,11 @@ class _TarFn(beam.DoFn):
 
         try:
             with FileSystems.open(tar_path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+                by_ref = (
+                    cfg.bytes_by_reference
+                    and is_local(tar_path)
+                    and getattr(tar.fileobj, "comptype", "") == "tar"
+                )
                 for ti in tar:
                     name = ti.name
                     src = f"{tar_path}::{name}"
@@ -385,7 +406,11 @@ class _TarFn(beam.DoFn):
                         group["__too_large__"] = f"{ext}: {ti.size} bytes".encode()
                         continue
                     fobj = tar.extractfile(ti)
-                    group[ext.lower()] = fobj.read() if fobj else b""
+                    data = fobj.read() if fobj else b""
+                    if by_ref and data and ext.lower() in IMAGE_EXTS:
+                        # offsets are file offsets in an uncompressed tar
+                        data = SourceBytes(data, tar_path, ti.offset_data)
+                    group[ext.lower()] = data
                 # Python's tarfile ends quietly when the file stops at or inside a member header;
                 # only a zero block marks a complete archive, so a file too short to hold one there
                 # was cut off (the sample being read is then as suspect as one cut mid-data).

@@ -10,8 +10,9 @@ from mmdata.config import IngestConfig
 from mmdata.core.caption import clean_caption
 from mmdata.core.image import decode_image
 from mmdata.core.reasons import Reason
+from mmdata.io.sourcebytes import SourceBytes
 from mmdata.records import ImageTextPair, RawRecord, Reject
-from mmdata.transforms.stage import Stage, split_rejects, stage_counts
+from mmdata.transforms.stage import Stage, TallyingDoFn, split_outputs
 
 
 def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
@@ -24,6 +25,8 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
     caption = clean_caption(rec.caption, cfg.max_caption_chars)
     if isinstance(caption, Reason):
         return caption
+    if isinstance(img.data, SourceBytes):  # kept byte for byte: its reference needs the digest
+        img.data.sha256 = img.sha256
     meta = dict(rec.metadata)
     if img.reencoded:
         meta["original_format"] = img.original_format
@@ -51,8 +54,10 @@ def _losers(element: tuple[str, list[tuple[str, str]]]) -> Iterator[tuple[tuple[
         yield (key, source), ids[0][0]
 
 
-class _MarkDuplicatesFn(beam.DoFn):
+class _MarkDuplicatesFn(TallyingDoFn):
     """Pairs whose (key, source) lost to another record with the same key become `duplicate_key` rejects."""
+
+    stage = "unique_keys"
 
     def __init__(self) -> None:
         self._cache: tuple[int, dict] | None = None
@@ -61,9 +66,12 @@ class _MarkDuplicatesFn(beam.DoFn):
         if self._cache is None or self._cache[0] != id(losers):
             self._cache = (id(losers), dict(losers))
         winner = self._cache[1].get((pair.key, pair.source))
+        self.tally("input")
         if winner is None:
+            self.tally("kept")
             yield pair
         else:
+            self.tally("rej:duplicate_key")
             yield Reject(
                 key=pair.key,
                 stage="unique_keys",
@@ -94,12 +102,9 @@ class Ingest(beam.PTransform):
             | "GroupKey" >> beam.GroupByKey()
             | "Losers" >> beam.FlatMap(_losers)
         )
-        uniq, dups = split_rejects(
+        uniq, dups, unique_counts = split_outputs(
             pairs | "Unique" >> beam.ParDo(_MarkDuplicatesFn(), beam.pvalue.AsList(losers))
         )
-        counts = (
-            decoded["counts"],
-            stage_counts("unique_keys", pairs, uniq, dups),
-        ) | "FlattenCounts" >> beam.Flatten()
+        counts = (decoded["counts"], unique_counts) | "FlattenCounts" >> beam.Flatten()
         rejects = (decoded["rejects"], dups) | "FlattenRejects" >> beam.Flatten()
         return {"kept": uniq, "rejects": rejects, "counts": counts}

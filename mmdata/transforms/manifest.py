@@ -179,7 +179,9 @@ class WriteManifest(beam.PTransform):
 
     def expand(self, inputs):
         tallies, shards, rejects, tasks = inputs
-        counts = tallies | "Tally" >> beam.combiners.Count.PerElement()  # summed in _FinalizeFn
+        counts = tallies | "Tally" >> beam.CombinePerKey(
+            sum
+        )  # ((stage, tag), n), summed again there
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])

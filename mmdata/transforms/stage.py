@@ -3,9 +3,11 @@
 `Stage(name, fn)` applies `fn(element) -> output | Reject | Reason` to every element. Outputs go to `kept`,
 refusals to `rejects` (the dead-letter output) (with stage, reason, detail, source); an unexpected exception in `fn` becomes an
 `unexpected_error` reject instead of killing the job. Counts are Beam metrics (`<stage>/input`, `kept`,
-`rejected_<reason>`) and also data (`counts`: tallies, counted once per job by `WriteManifest`, or per
-stage by `CountStages`), so they land in the manifest on every runner:
-`input == kept + sum(rejected)` is checked when the manifest is written.
+`rejected_<reason>`) and also data (`counts`: `((stage, tag), n)` tallies, summed once per job by
+`WriteManifest`, or per stage by `CountStages`), so they land in the manifest on every runner:
+`input == kept + sum(rejected)` is checked when the manifest is written. A stage's DoFn counts what it
+sees and emits one tally per tag and bundle when the bundle finishes (a retried bundle's tallies are
+dropped with its outputs), instead of three counting steps per element.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from mmdata.core.reasons import Reason
 from mmdata.records import Reject
@@ -34,7 +39,34 @@ def _key_and_source(element: Any) -> tuple[str, str]:
 PROGRESS_EVERY_S = 10.0
 
 
-class _StageFn(beam.DoFn):
+@dataclass(frozen=True)
+class Tally:
+    """`n` records of stage `stage` ended as `tag` ("input", "kept" or "rej:<reason>") in one bundle."""
+
+    stage: str
+    tag: str
+    n: int
+
+
+class TallyingDoFn(beam.DoFn):
+    """A DoFn that tallies its records per bundle (`self.tally(tag)`) and emits the `Tally`s when the
+    bundle finishes, beside its outputs."""
+
+    stage = ""
+
+    def start_bundle(self) -> None:
+        self._tallies: dict[str, int] = {}
+
+    def tally(self, tag: str) -> None:
+        self._tallies[tag] = self._tallies.get(tag, 0) + 1
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for tag, n in sorted(self._tallies.items()):
+            yield GlobalWindows.windowed_value(Tally(self.stage, tag, n))
+        self._tallies = {}
+
+
+class _StageFn(TallyingDoFn):
     def __init__(self, stage: str, fn: Callable[[Any], Any]):
         self.stage = stage
         self.fn = fn
@@ -67,6 +99,7 @@ class _StageFn(beam.DoFn):
 
     def process(self, element: Any) -> Iterator[Any]:
         self._inc("input")
+        self.tally("input")
         try:
             out = self.fn(element)
         except Exception as e:  # noqa: BLE001 - a bad record must not kill the job
@@ -80,9 +113,11 @@ class _StageFn(beam.DoFn):
             )
         if isinstance(out, Reject):
             self._inc(f"rejected_{out.reason}")
+            self.tally("rej:" + out.reason)
             self._progress(False)
         else:
             self._inc("kept")
+            self.tally("kept")
             self._progress(True)
         yield out
 
@@ -102,39 +137,33 @@ def summarize_tallies(tallies: list[tuple[tuple[str, str], int]]) -> dict[str, d
 class CountStages(beam.PTransform):
     """Stage tallies (from every stage's "counts") -> one (stage, counts) element per stage.
 
-    One `Count.PerElement` for the whole job (combined per bundle before the shuffle), instead of a
+    One `CombinePerKey(sum)` for the whole job (combined per bundle before the shuffle), instead of a
     global combine per stage: per-stage combines were a third of the job's transforms.
     """
 
     def expand(self, tallies):
         return (
             tallies
-            | "Tally" >> beam.combiners.Count.PerElement()
+            | "Tally" >> beam.CombinePerKey(sum)
             | "One" >> beam.combiners.ToList()
             | "PerStage" >> beam.FlatMap(lambda t: sorted(summarize_tallies(t).items()))
         )
 
 
-def split_rejects(mixed: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
-    """(kept, rejects) of a PCollection holding both.
+def split_outputs(
+    mixed: beam.PCollection,
+) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    """(kept, rejects, counts) of a `TallyingDoFn`'s output, which holds all three.
 
-    Two filters instead of a multi-output ParDo: Beam's Dask runner does not keep tagged outputs apart.
+    Filters instead of a multi-output ParDo: Beam's Dask runner does not keep tagged outputs apart.
+    `counts` are `((stage, tag), n)` pairs, summed by `WriteManifest` / `CountStages`.
     """
-    kept = mixed | "Kept" >> beam.Filter(lambda x: not isinstance(x, Reject))
+    kept = mixed | "Kept" >> beam.Filter(lambda x: not isinstance(x, (Reject, Tally)))
     rejects = mixed | "Rejected" >> beam.Filter(lambda x: isinstance(x, Reject))
-    return kept, rejects
-
-
-def stage_counts(name: str, inputs, kept, rejects) -> beam.PCollection:
-    """The stage's tallies, computed from the data itself (not from metrics): one (name, tag) per input
-    ("input") and per output ("kept" or "rej:<reason>"). `WriteManifest` counts the tallies of all stages
-    and checks input == kept + rejected per stage."""
-    tagged = (
-        inputs | f"{name}/CountIn" >> beam.Map(lambda _, n=name: (n, "input")),
-        kept | f"{name}/CountKept" >> beam.Map(lambda _, n=name: (n, "kept")),
-        rejects | f"{name}/CountRej" >> beam.Map(lambda r, n=name: (n, "rej:" + r.reason)),
+    counts = mixed | "Tallies" >> beam.FlatMap(
+        lambda x: [((x.stage, x.tag), x.n)] if isinstance(x, Tally) else []
     )
-    return tagged | f"{name}/Tallies" >> beam.Flatten()
+    return kept, rejects, counts
 
 
 class Stage(beam.PTransform):
@@ -147,9 +176,7 @@ class Stage(beam.PTransform):
 
     def expand(self, pcoll) -> dict[str, beam.PCollection]:
         """Returns {"kept", "rejects", "counts"}."""
-        kept, rejects = split_rejects(pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn)))
-        return {
-            "kept": kept,
-            "rejects": rejects,
-            "counts": stage_counts(self.stage, pcoll, kept, rejects),
-        }
+        kept, rejects, counts = split_outputs(
+            pcoll | "Apply" >> beam.ParDo(_StageFn(self.stage, self.fn))
+        )
+        return {"kept": kept, "rejects": rejects, "counts": counts}

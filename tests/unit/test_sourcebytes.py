@@ -1,0 +1,111 @@
+"""Image bytes passed by reference: pickling, re-reading, changed sources, and the readers that make them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+
+import apache_beam as beam
+import imagegen
+import pytest
+from apache_beam.coders import typecoders
+
+from mmdata.config import IngestConfig, IngestJobConfig
+from mmdata.io.readers import _read_bytes, _TarFn
+from mmdata.io.sourcebytes import SourceBytes, SourceChangedError
+from mmdata.records import ImageTextPair
+from pipelines import ingest
+
+
+def _file(tmp_path, data: bytes, name: str = "a.jpg"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_pickles_as_a_reference_and_rereads_the_same_bytes(tmp_path):
+    data = bytes(range(256)) * 200
+    path = _file(tmp_path, b"head" + data)
+    sb = SourceBytes(data, path, offset=4)
+    blob = pickle.dumps(sb, protocol=pickle.HIGHEST_PROTOCOL)
+    assert len(blob) < 400 < len(data)  # the bytes themselves do not travel
+    back = pickle.loads(blob)
+    assert type(back) is SourceBytes and back == data and back.offset == 4
+    assert back.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_beam_default_coder_carries_the_reference_inside_a_record(tmp_path):
+    data = b"\xff\xd8" + b"x" * 50_000
+    path = _file(tmp_path, data)
+    pair = ImageTextPair(
+        key="k", image=SourceBytes(data, path), format="jpeg", caption="c", source=path
+    )
+    coder = typecoders.registry.get_coder(
+        object
+    )  # what Beam uses for records without a typed coder
+    encoded = coder.encode(pair)
+    assert len(encoded) < 2_000
+    back = coder.decode(encoded)
+    assert back.image == data and isinstance(back.image, SourceBytes)
+
+
+def test_a_source_changed_or_removed_while_the_job_runs_is_a_clear_error(tmp_path):
+    path = _file(tmp_path, b"original bytes of an image")
+    blob = pickle.dumps(SourceBytes(b"original bytes of an image", path))
+    _file(tmp_path, b"ORIGINAL bytes of an image")  # same length, other bytes
+    with pytest.raises(SourceChangedError, match=r"a\.jpg.*changed while the job ran"):
+        pickle.loads(blob)
+    (tmp_path / "a.jpg").unlink()
+    with pytest.raises(SourceChangedError, match="could not be read again"):
+        pickle.loads(blob)
+
+
+def test_readers_make_references_only_for_local_files_when_enabled(tmp_path):
+    path = _file(tmp_path, b"some image bytes")
+    data, err = _read_bytes(path, None, 1 << 20, by_reference=True)
+    assert err is None and isinstance(data, SourceBytes) and data.path == path
+    data, err = _read_bytes(path, None, 1 << 20, by_reference=False)
+    assert err is None and type(data) is bytes
+    data, err = _read_bytes(path, None, 3, by_reference=True)
+    assert data is None and err[0] == "file_too_large"
+
+
+def test_tar_members_are_referenced_at_their_offset_in_an_uncompressed_tar(tmp_path):
+    jpg = imagegen.encode(imagegen.photo("coffee"), "JPEG")
+    tar_path = tmp_path / "00000.tar"
+    imagegen.img2dataset_tar(tar_path, [("000000000", jpg, "a cup"), ("000000001", jpg, "again")])
+    meta = beam.io.filesystem.FileMetadata(str(tar_path), tar_path.stat().st_size)
+    recs = list(_TarFn(IngestConfig()).process(meta))
+    images = [r.image for r in recs]
+    assert len(images) == 2 and all(isinstance(i, SourceBytes) and i == jpg for i in images)
+    raw = tar_path.read_bytes()
+    assert all(raw[i.offset : i.offset + len(i)] == jpg for i in images)
+    # a gzipped tar has no byte offsets into the file: its bytes travel inline
+    gz = tmp_path / "00001.tar"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        ti = tarfile.TarInfo("000000002.jpg")
+        ti.size = len(jpg)
+        t.addfile(ti, io.BytesIO(jpg))
+        ti = tarfile.TarInfo("000000002.txt")
+        ti.size = 3
+        t.addfile(ti, io.BytesIO(b"cap"))
+    gz.write_bytes(buf.getvalue())
+    meta = beam.io.filesystem.FileMetadata(str(gz), gz.stat().st_size)
+    (rec,) = list(_TarFn(IngestConfig()).process(meta))
+    assert rec.image == jpg and type(rec.image) is bytes
+
+
+def test_ingest_gives_the_same_shards_with_bytes_by_reference_or_inline(tmp_path):
+    src = tmp_path / "src"
+    imagegen.good_folder(src, n_shapes=3)
+    outs = {}
+    for flag in (True, False):
+        out = tmp_path / f"out_{flag}"
+        cfg = IngestJobConfig(input=str(src), output=str(out))
+        cfg.ingest.bytes_by_reference = flag
+        ingest.run(cfg)
+        outs[flag] = {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+    assert outs[True] and outs[True] == outs[False]
