@@ -36,8 +36,9 @@ format:
 	$(RUN) ruff check --fix mmdata pipelines tests
 	$(RUN) ruff format mmdata pipelines tests
 
-bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 workers
-	$(RUN) python -m mmdata.bench.ingest
+bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 workers; 384 and 768 px images
+	$(RUN) python -m mmdata.bench.ingest --size 384
+	$(RUN) python -m mmdata.bench.ingest --size 768
 
 bench-models:  ## images/s per model backend vs a bare model call
 	$(RUN) python -m mmdata.bench.models
