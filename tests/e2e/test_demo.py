@@ -274,8 +274,20 @@ def test_default_runner_never_tries_prism(corpus, tmp_path, monkeypatch):
         return original(self, pipeline, options)
 
     monkeypatch.setattr(fn_runner.FnApiRunner, "run_pipeline", spy)
+    # and, as Beam's own DirectRunner in batch, no test round trip of the graph through the protos
+    import apache_beam as beam
+
+    round_trips = []
+    original_from = beam.Pipeline.from_runner_api
+
+    def from_spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        round_trips.append(1)
+        return original_from(*a, **k)
+
+    monkeypatch.setattr(beam.Pipeline, "from_runner_api", staticmethod(from_spy))
     m = run_demo(corpus[0], tmp_path / "ds")
     assert tried == [] and ran == ["FnApiRunner"] and m["totals"]["samples"] > 0
+    assert round_trips == []
     assert isinstance(local_runner(pipeline_options([])), LocalDirectRunner)
     assert isinstance(local_runner(pipeline_options(["--runner=direct"])), LocalDirectRunner)
     assert local_runner(pipeline_options(["--runner=PrismRunner"])) is None
