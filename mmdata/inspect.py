@@ -50,6 +50,14 @@ def _samples(tar_path: Path, limit: int):
         yield cur, members
 
 
+def stage_order(manifest: dict) -> list[str]:
+    """The stages of `manifest["counts"]` in pipeline order (its "stages" list), then any others
+    alphabetically (the manifest is written with sorted keys, so `counts` itself is alphabetical)."""
+    counts = manifest["counts"]
+    chain = [s for s in manifest.get("stages") or [] if s in counts]
+    return list(dict.fromkeys(chain)) + sorted(set(counts) - set(chain))
+
+
 def write_report(dataset: str | Path, out: str | Path | None = None, max_samples: int = 48) -> Path:
     """Write the HTML report of `dataset`; returns its path."""
     root = Path(dataset)
@@ -71,7 +79,8 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
         f"{m['totals']['samples']} samples in {len(m['shards'])} shards, {m['totals']['rejects']} rejects</p>",
         "<h2>Per-stage counts</h2><table><tr><th>stage</th><th>input</th><th>kept</th><th>rejected</th></tr>",
     ]
-    for stage, c in m["counts"].items():
+    for stage in stage_order(m):
+        c = m["counts"][stage]
         rej = "<br>".join(f"{e(k)}: {v}" for k, v in c["rejected"].items()) or "-"
         parts.append(
             f"<tr><td>{e(stage)}</td><td>{c['input']}</td><td>{c['kept']}</td><td>{rej}</td></tr>"

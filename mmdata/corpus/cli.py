@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from mmdata.corpus import build, sample, sources
+from mmdata.flags import accept_underscores
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,25 @@ DEFAULT_EMOJI_SETS = ",".join(sample.SampleRecipe().emoji_sets)
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= `minimum`; anything else is a usage error (exit status 2)."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {n}")
+        return n
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_positive = _int_at_least(1)
 
 
 def _add_common(p: argparse.ArgumentParser, needs_sources: bool = True) -> None:
@@ -41,9 +61,9 @@ def _add_common(p: argparse.ArgumentParser, needs_sources: bool = True) -> None:
 
 
 def _add_render(p: argparse.ArgumentParser, size: int) -> None:
-    p.add_argument("--size", type=int, default=size, help="square side in px (%(default)s)")
+    p.add_argument("--size", type=_positive, default=size, help="square side in px (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (%(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="render processes (%(default)s)")
+    p.add_argument("--workers", type=_positive, default=1, help="render processes (%(default)s)")
     p.add_argument(
         "--optimize-png",
         action="store_true",
@@ -170,8 +190,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=_csv(DEFAULT_EMOJI_SETS),
         help="emoji sets, in priority order (default: %(default)s)",
     )
-    p.add_argument("--max-subjects", type=int, default=None, help="seeded sample of subjects")
-    p.add_argument("--min-styles", type=int, default=3, help="styles a subject needs (%(default)s)")
+    p.add_argument("--max-subjects", type=_positive, default=None, help="seeded sample of subjects")
+    p.add_argument(
+        "--min-styles", type=_positive, default=3, help="styles a subject needs (%(default)s)"
+    )
     p.add_argument("--include-skin-tones", action="store_true", help="keep skin-tone variants")
     p.add_argument(
         "--exclude-categories",
@@ -190,8 +212,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="icon sets (default: every set under --sources with an allowed licence)",
     )
-    p.add_argument("--limit", type=int, default=None, help="seeded sample of N icons overall")
-    p.add_argument("--per-set-limit", type=int, default=None, help="seeded sample per set")
+    p.add_argument("--limit", type=_positive, default=None, help="seeded sample of N icons overall")
+    p.add_argument("--per-set-limit", type=_positive, default=None, help="seeded sample per set")
     p.add_argument(
         "--skip-numbered", action="store_true", help="drop variant names like 'abstract-001'"
     )
@@ -199,10 +221,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("photos", help="scikit-image's bundled photos (no network)")
     _add_common(p, needs_sources=False)
-    p.add_argument("--max-side", type=int, default=256, help="long side in px (%(default)s)")
+    p.add_argument("--max-side", type=_positive, default=256, help="long side in px (%(default)s)")
     p.set_defaults(func=_run_photos)
 
     p = sub.add_parser("sample", help="rebuild the bundled sample corpus recipe")
     _add_common(p)
     p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
     p.set_defaults(func=_guard(_run_sample))
+    accept_underscores(corpus)

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmdata.core.tasks import TASKS, get_task
+from mmdata.flags import accept_underscores
 from mmdata.llm import store
 from mmdata.llm.prompts import Sampling
 from mmdata.llm.validate import DEFAULT_SIMILARITY_THRESHOLD, default_embedder, validate_file
 
 if TYPE_CHECKING:
-    from mmdata.llm.client import EndpointConfig
+    from mmdata.llm.client import EndpointConfig, LLMClient
 
 DEFAULT_CONCURRENCY = 4  # mmdata.llm.generate.DEFAULT_CONCURRENCY, without importing openai here
 
@@ -42,23 +43,59 @@ def _tasks(arg: list[str] | None) -> list[str]:
     return arg
 
 
+@contextlib.contextmanager
+def _template_locks(tasks: list[str], directory: str | Path | None) -> Iterator[None]:
+    """Hold the writer lock of every task's template file (`store.writer_lock`; raises
+    `store.TemplateFileBusy` when another command holds one).
+
+    What taking the locks created goes again on the way out when the command wrote nothing there:
+    a new lock file beside a template file that still does not exist (removed while it is held, so
+    no other command can be holding it), then the folders made for them, once empty. A run that
+    fails before writing a template leaves the file system as it found it.
+    """
+    root = store.templates_dir(directory)
+    new_dirs = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
+
+    def drop_if_unused(path: Path, lock: Path) -> None:
+        if not path.exists():
+            lock.unlink(missing_ok=True)
+
+    try:
+        with contextlib.ExitStack() as held:
+            for task in tasks:
+                path = store.task_path(task, directory)
+                lock = store.lock_path(path)
+                new_lock = not lock.exists()
+                held.enter_context(store.writer_lock(path))
+                if new_lock:
+                    held.callback(drop_if_unused, path, lock)  # runs before the lock is let go
+            yield
+    finally:
+        for d in new_dirs:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or not ours to remove): it stays, and so do its parents
+                break
+
+
 def _writes_templates(cmd: Callable[[argparse.Namespace, list[str]], int]) -> Callable:
-    """Run `cmd` holding the writer lock of every template file it may change (see
-    `store.writer_lock`); another command on the same task makes it stop at once, exit status 2."""
+    """Run `cmd` (which changes an existing templates folder) holding the writer lock of every
+    template file it may change (see `_template_locks`); another command on the same task makes it
+    stop at once, exit status 2, and so does a --templates-dir that does not exist."""
 
     @functools.wraps(cmd)
     def run(args: argparse.Namespace, beam_args: list[str]) -> int:
         if getattr(args, "check", False):  # `validate --check` only reads
             return cmd(args, beam_args)
+        if _no_such_dir(args):  # before the locks, which would create it
+            return 2
         tasks = [args.task] if isinstance(args.task, str) else _tasks(args.task)
-        with contextlib.ExitStack() as held:
-            try:
-                for task in tasks:
-                    held.enter_context(store.writer_lock(store.task_path(task, args.templates_dir)))
-            except store.TemplateFileBusy as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            return cmd(args, beam_args)
+        try:
+            with _template_locks(tasks, args.templates_dir):
+                return cmd(args, beam_args)
+        except store.TemplateFileBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
     return run
 
@@ -74,9 +111,10 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
     """Flags > environment > a running local server > `--local` (start one for this command)."""
     from mmdata.llm.client import EndpointConfig, api_key_from_env
 
-    base_url = (
-        args.base_url or os.environ.get("MMDATA_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-    )
+    base_url, base_url_from = args.base_url, "--base-url"
+    for var in ("MMDATA_LLM_BASE_URL", "OPENAI_BASE_URL"):
+        if not base_url:
+            base_url, base_url_from = os.environ.get(var), var
     model = args.model or os.environ.get("MMDATA_LLM_MODEL")
     mode = args.mode or os.environ.get("MMDATA_LLM_MODE")
     api_key = args.api_key or api_key_from_env()
@@ -88,7 +126,10 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
     if base_url and not args.local:
         if not model:
             raise SystemExit("error: pass --model (or set MMDATA_LLM_MODEL) for " + base_url)
-        yield Endpoint(EndpointConfig(base_url, model, mode or "chat", **common), local=False)
+        config = EndpointConfig(
+            base_url, model, mode or "chat", base_url_from=base_url_from, **common
+        )
+        yield Endpoint(config, local=False)
         return
 
     from mmdata.llm import server
@@ -144,16 +185,17 @@ def _print_validation(rep, out=None, verbose: bool = False) -> None:
         print(f"  INVALID accepted {f.id}: {f.text!r}: " + "; ".join(f.reasons), file=out)
 
 
-@_writes_templates
 def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    """Check the endpoint first, then take the template files' locks (creating --templates-dir when
+    needed): a run whose endpoint is down, refuses the key or lacks the model writes nothing."""
     from mmdata.llm.cache import ResponseCache
     from mmdata.llm.client import LLMClient, LLMError
-    from mmdata.llm.generate import generate
 
     if not getattr(args, "verbose", False):
         # one INFO line per HTTP request from the openai client's transport is noise here
         for name in ("httpx", "httpx2", "openai"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    tasks = _tasks(args.task)
     sampling = Sampling(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -165,7 +207,6 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         group_markers=args.group_markers,
     )
     cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
-    status = 0
     with resolve_endpoint(args) as ep:
         client = LLMClient(ep.config, cache)
         try:
@@ -174,51 +215,68 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"endpoint: {ep.config.base_url} model={ep.config.model} route={ep.config.route}")
-        for task in _tasks(args.task):
-            spec = get_task(task)
-            tf = store.load(task, args.templates_dir)
-            try:
-                rep = generate(
-                    tf,
-                    spec,
-                    client,
-                    args.n,
-                    seed=args.seed,
-                    sampling=sampling,
-                    concurrency=args.concurrency,
-                    save=store.save,
-                )
-            except KeyboardInterrupt:
-                print(
-                    f"\ninterrupted: candidates received so far are saved in {tf.path}; "
-                    "rerun the same command to resume (responses are cached)",
-                    file=sys.stderr,
-                )
-                return 130
-            except LLMError as e:
-                print(
-                    f"error: {e}\n(candidates received so far are saved in {tf.path})",
-                    file=sys.stderr,
-                )
-                return 2
-            print(rep.summary())
-            if rep.failed and not rep.responses:
-                print(
-                    f"error: every request failed, e.g. {next(iter(rep.failed.values()))}",
-                    file=sys.stderr,
-                )
-                status = 2
-            if not args.no_validate:
-                vrep = validate_file(
-                    tf,
-                    spec,
-                    embedder=None if args.no_embed else default_embedder(),
-                    threshold=args.threshold,
-                    ids=set(rep.added),
-                )
-                store.save(tf)
-                _print_validation(vrep, verbose=args.verbose_reasons)
-            print(f"wrote {tf.path}")
+        try:
+            with _template_locks(tasks, args.templates_dir):
+                return _generate_tasks(args, tasks, client, sampling)
+        except store.TemplateFileBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+def _generate_tasks(
+    args: argparse.Namespace, tasks: list[str], client: LLMClient, sampling: Sampling
+) -> int:
+    """`templates generate` for each task in turn, once the endpoint answered."""
+    from mmdata.llm.client import LLMError
+    from mmdata.llm.generate import generate
+
+    status = 0
+    for task in tasks:
+        spec = get_task(task)
+        tf = store.load(task, args.templates_dir)
+        try:
+            rep = generate(
+                tf,
+                spec,
+                client,
+                args.n,
+                seed=args.seed,
+                sampling=sampling,
+                concurrency=args.concurrency,
+                save=store.save,
+            )
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted: candidates received so far are saved in {tf.path}; "
+                "rerun the same command to resume (responses are cached)",
+                file=sys.stderr,
+            )
+            return 130
+        except LLMError as e:
+            print(
+                f"error: {e}\n(candidates received so far are saved in {tf.path})",
+                file=sys.stderr,
+            )
+            return 2
+        print(rep.summary())
+        if rep.failed and not rep.responses:
+            print(
+                f"error: every request failed, e.g. {next(iter(rep.failed.values()))}",
+                file=sys.stderr,
+            )
+            status = 2
+            continue  # nothing new to validate or write
+        if not args.no_validate:
+            vrep = validate_file(
+                tf,
+                spec,
+                embedder=None if args.no_embed else default_embedder(),
+                threshold=args.threshold,
+                ids=set(rep.added),
+            )
+            store.save(tf)
+            _print_validation(vrep, verbose=args.verbose_reasons)
+        print(f"wrote {tf.path}")
     return status
 
 
@@ -489,3 +547,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("action", choices=["start", "stop", "status", "run"])
     s.add_argument("--port", type=int, default=None)
     s.set_defaults(func=cmd_server)
+    accept_underscores(top)

@@ -70,6 +70,8 @@ class EndpointConfig:
         backoff_base, backoff_max: exponential backoff in seconds (jittered x0.5-1.5).
         max_retry_after: cap on a server's `Retry-After` wait, in seconds.
         kind: free label of the endpoint (e.g. `llama.cpp-local`) recorded in provenance.
+        base_url_from: where base_url came from (`--base-url`, `MMDATA_LLM_BASE_URL`, ...), so
+            that an error can say which setting to fix; None when not known.
     """
 
     base_url: str
@@ -82,6 +84,7 @@ class EndpointConfig:
     backoff_max: float = 20.0
     max_retry_after: float = 60.0
     kind: str = "openai-compatible"
+    base_url_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
@@ -181,10 +184,7 @@ class LLMClient:
                 last = e
                 self._sleep(self._backoff(attempt))
             except openai.AuthenticationError:
-                raise AuthenticationFailed(
-                    f"{self.config.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY "
-                    "or OPENAI_API_KEY to a valid key"
-                ) from None
+                raise AuthenticationFailed(self._auth_message(401)) from None
         raise EndpointUnreachable(self._unreachable_message(last)) from None
 
     def check_model(self) -> None:
@@ -210,11 +210,40 @@ class LLMClient:
 
     def _unreachable_message(self, err: Exception | None) -> str:
         cause = err.__cause__ if err is not None and err.__cause__ is not None else err
+        cfg = self.config
+        head = f"cannot reach the LLM endpoint at {cfg.base_url} ({type(cause).__name__}: {cause})"
+        if cfg.base_url_from and cfg.base_url_from.startswith("--"):
+            return (
+                f"{head}; the URL given with {cfg.base_url_from} could not be reached: check that an "
+                "OpenAI-compatible server is running there and that the host, port and path (usually "
+                "ending in /v1) are right"
+            )
+        if cfg.base_url_from:
+            return (
+                f"{head}; the URL set in ${cfg.base_url_from} could not be reached: check that an "
+                "OpenAI-compatible server is running there, or unset it to use the local server "
+                "(`make llm-server-start`)"
+            )
         return (
-            f"cannot reach the LLM endpoint at {self.config.base_url} ({type(cause).__name__}: "
-            f"{cause}); start the local server with `make llm-server-start` or pass --base-url "
+            f"{head}; start the local server with `make llm-server-start` or pass --base-url "
             "(or set MMDATA_LLM_BASE_URL) to a running OpenAI-compatible endpoint"
         )
+
+    def _auth_message(self, status: int) -> str:
+        """What a 401/403 reply means, and what to set. Names the variables, never the key."""
+        cfg = self.config
+        what = "refused the request" if status == 401 else f"denied access to model {cfg.model!r}"
+        if not cfg.api_key:
+            return (
+                f"{cfg.base_url} {what} (HTTP {status}) and no API key is set: export "
+                "MMDATA_LLM_API_KEY=<key> (or OPENAI_API_KEY) with a key for this endpoint"
+            )
+        if status == 401:
+            return (
+                f"{cfg.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
+                "OPENAI_API_KEY to a valid key"
+            )
+        return f"{cfg.base_url} {what} (HTTP 403); check that the API key may use this model"
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -269,14 +298,9 @@ class LLMClient:
                 last_problem = f"server error (HTTP {e.status_code})"
                 self._count_retry("5xx")
             except openai.AuthenticationError:
-                raise AuthenticationFailed(
-                    f"{cfg.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
-                    "OPENAI_API_KEY to a valid key"
-                ) from None
+                raise AuthenticationFailed(self._auth_message(401)) from None
             except openai.PermissionDeniedError:
-                raise AuthenticationFailed(
-                    f"{cfg.base_url} denied access to model {cfg.model!r} (HTTP 403)"
-                ) from None
+                raise AuthenticationFailed(self._auth_message(403)) from None
             except openai.NotFoundError as e:
                 if "model" in str(e).lower():
                     raise ModelNotFound(

@@ -227,6 +227,12 @@ class TemplateFileBusy(RuntimeError):
     """Another process is writing the same template file."""
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of a template file (see `writer_lock`)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def writer_lock(path: str | Path) -> Iterator[None]:
     """One writer per template file at a time.
@@ -243,7 +249,7 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a+", encoding="utf-8") as f:
+    with open(lock_path(path), "a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -45,6 +45,17 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as it is, or a run directory's latest checkpoint."""
+    p = Path(path)
+    if (p / "config.json").exists() and (p / "ema.safetensors").exists():
+        return p
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (nor is it a checkpoint folder)")
+    return latest
+
+
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
@@ -109,3 +120,10 @@ def model_config_diff(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, An
     """Differences between two configs' model sections (they must match to share weights)."""
     da, db = a.to_dict()["model"], b.to_dict()["model"]
     return {k: (da[k], db[k]) for k in da if da[k] != db.get(k)}
+
+
+def describe_config_diff(diff: dict[str, tuple[Any, Any]]) -> str:
+    """`{field: (checkpoint's, this run's)}` as text that says which side is which."""
+    return "; ".join(
+        f"{k}: checkpoint has {a!r}, this run's config has {b!r}" for k, (a, b) in diff.items()
+    )

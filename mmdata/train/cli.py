@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from mmdata.flags import accept_underscores
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="output directory (checkpoints, log.jsonl)")
     p.add_argument("--stage", type=int, choices=(1, 2))
     p.add_argument(
-        "--init-from", help="checkpoint directory to start from (e.g. stage 1 for stage 2)"
+        "--init-from",
+        help="checkpoint directory to start from, or a run's output dir (then its latest "
+        "checkpoint), e.g. stage 1 for stage 2",
     )
     p.add_argument(
         "--resume", action="store_true", help="continue the latest checkpoint in --output"
@@ -42,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override any config field, e.g. --set model.base_channels=64 (repeatable)",
     )
     p.set_defaults(func=run_train)
+    accept_underscores(p)
 
     p = subparsers.add_parser("sample", help="generate images from a multi-modal instruction JSON")
     p.add_argument(
@@ -54,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _sampling_args(p)
     p.add_argument("--num-images", type=int, help="override num_images of every instruction")
     p.set_defaults(func=run_sample)
+    accept_underscores(p)
 
     p = subparsers.add_parser(
         "evaluate", help="score a checkpoint on held-out shards (JSON + grid)"
@@ -68,6 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="*", default=[], help="only these tasks (default: all)")
     _sampling_args(p)
     p.set_defaults(func=run_evaluate)
+    accept_underscores(p)
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -77,19 +84,6 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-
-
-def _checkpoint(path: str) -> Path:
-    """Accept a checkpoint directory or a run directory (then its latest checkpoint)."""
-    from mmdata.train.checkpoint import latest_checkpoint
-
-    p = Path(path)
-    if (p / "config.json").exists() and (p / "ema.safetensors").exists():
-        return p
-    latest = latest_checkpoint(p)
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {path} (nor is it a checkpoint folder)")
-    return latest
 
 
 def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -128,7 +122,7 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from mmdata.train.checkpoint import load_model
+    from mmdata.train.checkpoint import load_model, resolve_checkpoint
     from mmdata.train.evaluate import pick_device
     from mmdata.train.generate import generate, read_instructions
     from mmdata.train.text import TextEncoder
@@ -137,7 +131,7 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     instructions = read_instructions(args.instruction)  # a bad file fails before the model loads
     device = pick_device(args.device)
-    model, cfg = load_model(_checkpoint(args.checkpoint), args.weights)
+    model, cfg = load_model(resolve_checkpoint(args.checkpoint), args.weights)
     model.to(device)
     encoder = TextEncoder(cfg.text, device)
     out = Path(args.output)
@@ -156,12 +150,13 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from mmdata.train.checkpoint import resolve_checkpoint
     from mmdata.train.data import resolve_shards
     from mmdata.train.evaluate import EvalConfig, evaluate
 
     resolve_shards(args.shards)  # a wrong --shards fails before the model is loaded
     ec = EvalConfig(
-        checkpoint=str(_checkpoint(args.checkpoint)),
+        checkpoint=str(resolve_checkpoint(args.checkpoint)),
         shards=args.shards,
         output=args.output,
         num_samples=args.num_samples,

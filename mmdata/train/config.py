@@ -179,7 +179,8 @@ class TrainConfig:
     Attributes:
         stage: 1 = retrieval-cluster shards (target + neighbours); 2 = instruction mixture.
         output_dir: checkpoints, config.json and log.jsonl go here.
-        init_from: checkpoint directory whose weights start this run (stage 2 from stage 1, LoRA).
+        init_from: checkpoint directory whose weights start this run (stage 2 from stage 1, LoRA),
+            or a run's output directory (then its latest checkpoint).
         init_weights: `ema` or `model` weights of init_from.
         resume: continue the latest checkpoint in output_dir (step, optimiser, data position).
         drop_text_and_context: probability that a sample loses both text and context (CFG).

@@ -482,6 +482,13 @@ def mixture_acceptance(cfg: DataConfig, manifest: dict[str, Any] | None) -> dict
     if not counts:
         log.warning("no task counts in the manifest: task mixture not applied")
         return None
+    absent = sorted(t for t, r in mixture.items() if r > 0 and not counts.get(t))
+    if absent:
+        log.warning(
+            "the task mixture names task(s) with no samples in the training data: %s; they will "
+            "get no samples (the ratios of the other tasks are renormalised)",
+            ", ".join(absent),
+        )
     accept = acceptance_probabilities(counts, mixture)
     log.info("task mixture %s -> keep probabilities %s", mixture, accept)
     return accept

@@ -195,13 +195,34 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
             f"{out} already holds a run (latest checkpoint {existing.name}): pass --resume to "
             "continue it, or give a new --output"
         )
-    if existing is not None:  # refuse a changed model before anything in the run folder is touched
+    # refuse a changed model, or a wrong init_from, before anything in the run folder is touched
+    init_from = None
+    if existing is not None:
         saved = ckpt.read_config(existing)
-        diff = ckpt.model_config_diff(saved, cfg)
-        if diff or saved.lora.enabled != cfg.lora.enabled:
-            raise ValueError(f"cannot resume {existing}: the model config changed: {diff}")
+        diff = {f"model.{k}": v for k, v in ckpt.model_config_diff(saved, cfg).items()}
+        if saved.lora.enabled != cfg.lora.enabled:
+            diff["lora.enabled"] = (saved.lora.enabled, cfg.lora.enabled)
+        if diff:
+            raise ValueError(
+                f"cannot resume {existing}: the model config changed: "
+                + ckpt.describe_config_diff(diff)
+            )
     elif cfg.resume:
         log.warning("resume: no checkpoint in %s; starting a new run there", out)
+    if cfg.init_from and existing is None:
+        try:
+            init_from = ckpt.resolve_checkpoint(cfg.init_from)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"init_from: {e}") from None
+        init_cfg = ckpt.read_config(init_from)
+        diff = {f"model.{k}": v for k, v in ckpt.model_config_diff(init_cfg, cfg).items()}
+        if diff:
+            raise ValueError(
+                f"init_from {init_from} has a different model config: "
+                + ckpt.describe_config_diff(diff)
+            )
+        if init_cfg.lora.enabled:
+            raise ValueError(f"init_from {init_from} is a LoRA run; start from its base instead")
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out / "config.json")
@@ -225,17 +246,9 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         100 * share["share_of_total"],
     )
     resume_from = existing  # checked above: a run there is only continued with resume
-    if cfg.init_from and resume_from is None:
-        init_cfg = ckpt.read_config(cfg.init_from)
-        diff = ckpt.model_config_diff(init_cfg, cfg)
-        if diff:
-            raise ValueError(f"init_from {cfg.init_from} has a different model config: {diff}")
-        if init_cfg.lora.enabled:
-            raise ValueError(
-                f"init_from {cfg.init_from} is a LoRA run; start from its base instead"
-            )
-        model.load_state_dict(ckpt.read_weights(cfg.init_from, cfg.init_weights))
-        log.info("stage %d starts from %s (%s weights)", cfg.stage, cfg.init_from, cfg.init_weights)
+    if init_from is not None:  # checked above
+        model.load_state_dict(ckpt.read_weights(init_from, cfg.init_weights))
+        log.info("stage %d starts from %s (%s weights)", cfg.stage, init_from, cfg.init_weights)
     elif cfg.stage == 2 and resume_from is None:
         log.warning("stage 2 without init_from: training the instruction mixture from scratch")
     if cfg.lora.enabled:

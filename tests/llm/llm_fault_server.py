@@ -10,8 +10,10 @@ request takes the n-th action of `script` (then `default`). Actions:
   ("404model",)       404 "model not found"
   ("malformed",)      200, JSON content type, body that is not JSON
   ("empty",)          200 with "choices": []
+  ("403",)            403 "access denied"
 
-GET /v1/models lists `models`. Requests are recorded (time, path, body, headers) and the
+GET /v1/models lists `models`. With `require_key`, every request whose bearer token is not that
+key gets 401 (and is not recorded), as an endpoint that needs an API key answers. Requests are recorded (time, path, body, headers) and the
 maximum number of requests in flight at once is tracked.
 """
 
@@ -24,8 +26,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultServer:
-    def __init__(self, script=(), default=("ok", "Draw {caption} now."), models=("fake-model",)):
+    def __init__(
+        self,
+        script=(),
+        default=("ok", "Draw {caption} now."),
+        models=("fake-model",),
+        require_key=None,
+    ):
         self.script = list(script)
+        self.require_key = require_key
         self.default = default
         self.models = list(models)
         self.requests: list[dict] = []
@@ -52,7 +61,22 @@ class FaultServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+            def _refused(self) -> bool:
+                """True (after answering 401) when a key is required and this one is not it."""
+                if outer.require_key is None:
+                    return False
+                if self.headers.get("Authorization") == f"Bearer {outer.require_key}":
+                    return False
+                n = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(n)
+                self._send(
+                    401, b'{"error": {"message": "invalid api key", "code": "invalid_api_key"}}'
+                )
+                return True
+
             def do_GET(self):
+                if self._refused():
+                    return
                 if self.path.rstrip("/").endswith("/models"):
                     data = {
                         "object": "list",
@@ -65,6 +89,8 @@ class FaultServer:
                     self._send(404, b'{"error": {"message": "no such path"}}')
 
             def do_POST(self):
+                if self._refused():
+                    return
                 n = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(n) or b"{}")
                 with outer._lock:
@@ -140,6 +166,8 @@ class FaultServer:
                 404,
                 b'{"error": {"message": "The model does not exist", "code": "model_not_found"}}',
             )
+        elif kind == "403":
+            handler._send(403, b'{"error": {"message": "access denied"}}')
         elif kind == "malformed":
             handler._send(200, b'{"choices": [{"text": "unterminated')
         elif kind == "empty":

@@ -14,6 +14,7 @@ from mmdata.core.tasks import get_task
 from mmdata.llm import review, store
 from mmdata.llm.cache import ResponseCache
 from mmdata.llm.client import (
+    AuthenticationFailed,
     EndpointConfig,
     EndpointUnreachable,
     LLMClient,
@@ -150,6 +151,126 @@ def test_unreachable_endpoint_is_a_clear_error(templates_copy, capsys):
         ]
     )
     assert rc == 2 and "cannot reach the LLM endpoint" in capsys.readouterr().err
+
+
+def _generate_args(url: str, templates_dir, *extra: str) -> list[str]:
+    return [
+        "templates",
+        "generate",
+        "--task",
+        "edge2img",
+        "--n",
+        "1",
+        "--base-url",
+        url,
+        "--model",
+        "fake-model",
+        "--mode",
+        "completion",
+        "--templates-dir",
+        str(templates_dir),
+        "--no-cache",
+        "--no-embed",
+        *extra,
+    ]
+
+
+def _tree(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_failed_generate_leaves_the_file_system_as_it_was(tmp_path, templates_copy, capsys):
+    """A missing --templates-dir and the lock files are only created once the endpoint answered;
+    a run that then writes no template removes what taking the locks created."""
+    before = _tree(tmp_path)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    new_dir = tmp_path / "new" / "templates"
+    assert mmdata_main(_generate_args(url, new_dir)) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the LLM endpoint" in err
+    assert _tree(tmp_path) == before  # neither new/ nor new/templates/ nor a lock file
+    # an existing folder gets no lock file from a refused key
+    with FaultServer([], require_key="right-key") as srv:
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 2
+        assert "HTTP 401" in capsys.readouterr().err
+        assert _tree(tmp_path) == before
+        # the endpoint answers but the new folder has no seed templates: the run fails after
+        # taking the locks, and what they created goes again
+        srv.require_key = None
+        assert mmdata_main(_generate_args(srv.base_url, new_dir)) == 2
+        assert "no accepted templates" in capsys.readouterr().err
+        assert _tree(tmp_path) == before
+        # a run that writes keeps its folder and lock file
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 0
+    assert store.lock_path(store.task_path("edge2img", templates_copy)).exists()
+    # validate and review of a folder that does not exist say so and create nothing
+    for cmd in (["validate", "--no-embed"], ["review", "--decisions", str(tmp_path / "d.yaml")]):
+        args = ["templates", *cmd, "--task", "edge2img", "--templates-dir", str(new_dir)]
+        assert mmdata_main(args) == 2
+        assert "does not exist" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+
+
+def test_unreachable_endpoint_names_the_setting_that_gave_it(templates_copy, capsys, monkeypatch):
+    """Given a URL (flag or environment), the error names it and that setting; it tells to pass
+    --base-url only when none was given."""
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EndpointUnreachable) as e:
+        _client(url, base_url_from="--base-url").check_model()
+    msg = str(e.value)
+    assert url in msg and "the URL given with --base-url could not be reached" in msg
+    assert "pass --base-url" not in msg
+    with pytest.raises(EndpointUnreachable) as e:
+        _client(url, base_url_from="MMDATA_LLM_BASE_URL").check_model()
+    msg = str(e.value)
+    assert url in msg and "the URL set in $MMDATA_LLM_BASE_URL could not be reached" in msg
+    assert "pass --base-url" not in msg
+    # through the command: the flag, then the environment variable
+    for argv, env in (
+        (["--base-url", url], None),
+        ([], "MMDATA_LLM_BASE_URL"),
+        ([], "OPENAI_BASE_URL"),
+    ):
+        monkeypatch.delenv("MMDATA_LLM_BASE_URL", raising=False)
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        if env:
+            monkeypatch.setenv(env, url)
+        rc = mmdata_main(
+            ["templates", "generate", *argv, "--model", "m", "--no-cache"]
+            + ["--templates-dir", str(templates_copy)]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and url in err and "pass --base-url" not in err, err
+        assert (f"${env}" if env else "given with --base-url") in err, err
+
+
+def test_refused_without_an_api_key_says_how_to_set_one(templates_copy, capsys, monkeypatch):
+    """401/403 with no key set: the message says that no key is set and which variable to set;
+    with a key set, that the key was refused, never what it is."""
+    monkeypatch.delenv("MMDATA_LLM_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FaultServer([], require_key="right-key") as srv:
+        with pytest.raises(
+            AuthenticationFailed, match="HTTP 401.*no API key is set.*MMDATA_LLM_API_KEY"
+        ):
+            _client(srv.base_url).check_model()
+        with pytest.raises(AuthenticationFailed, match="no API key is set"):
+            _client(srv.base_url).request({"prompt": "x"})
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 2
+        err = capsys.readouterr().err
+        assert "no API key is set" in err and "export MMDATA_LLM_API_KEY=<key>" in err
+        wrong = "sk-wrong-key-0123456789"
+        monkeypatch.setenv("MMDATA_LLM_API_KEY", wrong)
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 2
+        err = capsys.readouterr().err
+        assert "refused the API key (HTTP 401)" in err and "no API key is set" not in err
+        assert wrong not in err
+    with FaultServer([("403",)]) as srv:
+        with pytest.raises(AuthenticationFailed, match="HTTP 403.*may use this model"):
+            _client(srv.base_url, api_key=wrong).request({"prompt": "x"})
+    with FaultServer([("403",)]) as srv:
+        with pytest.raises(AuthenticationFailed, match="HTTP 403.*no API key is set"):
+            _client(srv.base_url).request({"prompt": "x"})
 
 
 def test_wrong_model_name_is_a_clear_error(templates_copy, capsys):

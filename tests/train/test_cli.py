@@ -27,55 +27,58 @@ from mmdata.train.evaluate import (
 from mmdata.train.generate import read_instructions
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, stage2_dir: Path, text_encoder) -> Path:
-    """A tiny stage-2 run trained through `mmdata train` (in-process, reusing the loaded encoder)."""
+def _tiny_sets() -> list[str]:
+    """`--set` flags of the tiny model every CLI run here trains."""
+    m = tiny_model()
+    sets = [
+        f"model.image_size={m.image_size}",
+        f"model.base_channels={m.base_channels}",
+        "model.channel_mults=[1,2]",
+        "model.num_res_blocks=1",
+        "model.attention_levels=[1]",
+        "model.head_channels=16",
+        "model.cond_dim=32",
+        "data.num_workers=0",
+        "progress=false",
+        "log_every=2",
+    ]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _train(argv: list[str], text_encoder) -> int:
+    """`mmdata train ARGV` in-process, reusing the session's loaded MiniLM (same weights)."""
     from mmdata.train import loop
 
-    out = tmp_path_factory.mktemp("cli_run")
-    m = tiny_model()
     original = loop.TextEncoder
-    loop.TextEncoder = lambda cfg, device: text_encoder  # reuse the session's MiniLM (same weights)
+    loop.TextEncoder = lambda cfg, device: text_encoder
     try:
-        rc = main(
-            [
-                "train",
-                "--shards",
-                str(stage2_dir),
-                "--output",
-                str(out),
-                "--stage",
-                "2",
-                "--max-steps",
-                "4",
-                "--batch-size",
-                "4",
-                "--set",
-                f"model.image_size={m.image_size}",
-                "--set",
-                f"model.base_channels={m.base_channels}",
-                "--set",
-                "model.channel_mults=[1,2]",
-                "--set",
-                "model.num_res_blocks=1",
-                "--set",
-                "model.attention_levels=[1]",
-                "--set",
-                "model.head_channels=16",
-                "--set",
-                "model.cond_dim=32",
-                "--set",
-                "data.num_workers=0",
-                "--set",
-                "progress=false",
-                "--set",
-                "log_every=2",
-                "--mixture",
-                '{"edge2img": 0.5, "mask2img": 0.5}',
-            ]
-        )
+        return main(["train", *argv])
     finally:
         loop.TextEncoder = original
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, stage2_dir: Path, text_encoder) -> Path:
+    """A tiny stage-2 run trained through `mmdata train`."""
+    out = tmp_path_factory.mktemp("cli_run")
+    rc = _train(
+        [
+            "--shards",
+            str(stage2_dir),
+            "--output",
+            str(out),
+            "--stage",
+            "2",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            *_tiny_sets(),
+            "--mixture",
+            '{"edge2img": 0.5, "mask2img": 0.5}',
+        ],
+        text_encoder,
+    )
     assert rc == 0
     return out
 
@@ -87,6 +90,43 @@ def test_train_command_writes_a_checkpoint(run_dir: Path) -> None:
     assert cfg.stage == 2 and cfg.data.mixture == {"edge2img": 0.5, "mask2img": 0.5}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert set().union(*(r["tasks"] for r in log)) <= {"edge2img", "mask2img"}
+
+
+def test_init_from_takes_a_run_dir_or_a_checkpoint_dir(
+    run_dir: Path, tmp_path: Path, stage2_dir: Path, text_encoder, caplog, capsys
+) -> None:
+    """--init-from resolves a run dir to its latest checkpoint, as --checkpoint of sample and
+    evaluate does; a checkpoint dir is taken as it is."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    base = ["--shards", str(stage2_dir), "--stage", "2", "--max-steps", "1", "--batch-size", "2"]
+    for name, init in (("from_run", run_dir), ("from_checkpoint", latest)):
+        caplog.clear()
+        argv = [*base, "--output", str(tmp_path / name), "--init-from", str(init), *_tiny_sets()]
+        with caplog.at_level("INFO", logger="mmdata.train.loop"):
+            assert _train(argv, text_encoder) == 0
+        assert f"stage 2 starts from {latest} (ema weights)" in caplog.text
+        assert ckpt.latest_checkpoint(tmp_path / name) is not None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [*base, "--output", str(tmp_path / "x"), "--init-from", str(empty), *_tiny_sets()]
+    assert _train(argv, text_encoder) == 2
+    assert f"init_from: no checkpoint in {empty}" in capsys.readouterr().err
+
+
+def test_init_from_with_another_model_says_which_side_is_which(
+    run_dir: Path, tmp_path: Path, stage2_dir: Path, text_encoder, capsys
+) -> None:
+    """The model-config diff labels the checkpoint's value and this run's; the run folder is not
+    created."""
+    out = tmp_path / "changed"
+    argv = ["--shards", str(stage2_dir), "--output", str(out), "--init-from", str(run_dir)]
+    argv += [*_tiny_sets(), "--set", "model.base_channels=32", "--set", "model.num_res_blocks=2"]
+    assert _train(argv, text_encoder) == 2
+    err = capsys.readouterr().err
+    assert "has a different model config: " in err
+    assert "model.base_channels: checkpoint has 16, this run's config has 32" in err
+    assert "model.num_res_blocks: checkpoint has 1, this run's config has 2" in err
+    assert not out.exists()
 
 
 def test_sample_command(run_dir: Path, tmp_path: Path) -> None:

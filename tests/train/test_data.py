@@ -135,6 +135,24 @@ def test_task_mixture_follows_the_override(tmp_path: Path) -> None:
     } == {"edge2img"}
 
 
+def test_mixture_task_absent_from_the_data_is_a_warning(caplog) -> None:
+    """A mixture naming a task the data lacks still trains (on the others) but says so as a
+    WARNING naming the task; a zero ratio, or a task that is present, is not warned about."""
+    manifest = {"tasks": {"txt2img": 30, "edge2img": 10}}
+    cfg = DataConfig(mixture={"txt2img": 0.5, "depth2img": 0.3, "style2img": 0.2, "mask2img": 0})
+    with caplog.at_level("INFO", logger="mmdata.train.data"):
+        accept = mixture_acceptance(cfg, manifest)
+    assert accept == {"txt2img": 1.0, "edge2img": 0.0}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    msg = warnings[0].getMessage()
+    assert "depth2img, style2img" in msg and "no samples" in msg and "mask2img" not in msg
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmdata.train.data"):
+        mixture_acceptance(DataConfig(mixture={"txt2img": 1.0, "edge2img": 1.0}), manifest)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_corrupt_samples_are_counted_and_skipped(tmp_path: Path) -> None:
     bad = {3: "bad_png", 10: "bad_json", 20: "missing_ctx"}
     root = write_dataset(tmp_path / "bad", n=40, per_shard=10, tasks=("edge2img",), corrupt=bad)

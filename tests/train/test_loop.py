@@ -95,7 +95,10 @@ def test_resume_continues_the_same_step_optimizer_and_data(
         train(tiny_config(tmp_path / "b", stage2_dir, max_steps=12, data=data), text_encoder)
     changed = tiny_config(tmp_path / "b", stage2_dir, max_steps=12, data=data, resume=True)
     changed.model.base_channels *= 2
-    with pytest.raises(ValueError, match="model config changed"):
+    labelled = (
+        "model config changed: model.base_channels: checkpoint has 16, this run's config has 32"
+    )
+    with pytest.raises(ValueError, match=labelled):
         train(changed, text_encoder)
     assert (tmp_path / "b" / "config.json").read_text() == before  # the refused run changed nothing
 

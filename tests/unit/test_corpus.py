@@ -423,6 +423,40 @@ def test_missing_sources_name_the_fetch_command(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["icons", "--size", "0"],
+        ["icons", "--size", "-64"],
+        ["emoji", "--size", "0"],
+        ["icons", "--workers", "0"],
+        ["icons", "--limit", "-1"],
+        ["icons", "--per-set-limit", "0"],
+        ["emoji", "--max-subjects", "0"],
+        ["emoji", "--min-styles", "0"],
+        ["photos", "--max-side", "0"],
+        ["icons", "--size", "big"],
+    ],
+)
+def test_numeric_options_are_checked_up_front(
+    argv: list[str], tmp_path: Path, npm_sources: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A size, count or limit below 1 is a usage error naming the option (exit status 2), before
+    any source is read or output written."""
+    from mmdata.cli import main
+
+    out = tmp_path / "o"
+    extra = [] if argv[0] == "photos" else ["--sources", str(npm_sources)]
+    with pytest.raises(SystemExit) as e:
+        main(["corpus", argv[0], "--out", str(out), *extra, *argv[1:]])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    option, value = argv[-2], argv[-1]
+    expected = "expected an integer" if value == "big" else f"must be an integer >= 1, got {value}"
+    assert f"argument {option}: {expected}" in err, err
+    assert not out.exists()
+
+
 def test_fetch_command_is_pinned_and_needs_npm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
