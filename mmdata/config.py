@@ -52,7 +52,7 @@ class IngestConfig:
     key_field: str = opt("key", "manifest column holding a record key (optional)")
     bytes_by_reference: bool = opt(
         True,
-        "images kept byte for byte from local files travel between stages as (file, offset, sha256) "
+        "images kept byte for byte from local files travel between stages as (file, offset, CRC-32) "
         "and are re-read where needed, instead of being copied through the runner; remote sources "
         "always carry their bytes",
     )

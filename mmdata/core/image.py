@@ -52,8 +52,13 @@ def decode_image(
     max_file_bytes: int = 64 * 1024 * 1024,
     max_pixels: int = 64_000_000,
     max_side: int = 20_000,
+    reduced_jpeg_check: bool = True,
 ) -> DecodedImage | Reason:
-    """Decode and normalise an encoded image, or say why it cannot be used."""
+    """Decode and normalise an encoded image, or say why it cannot be used.
+
+    `reduced_jpeg_check`: an upright 8-bit RGB JPEG (kept byte for byte) is decoded at 1/8 scale, which
+    checks the whole entropy-coded stream about 3x faster; False decodes it at full size (the same
+    result: tests compare both on good and damaged files)."""
     if not data:
         return Reason("empty_file", "zero bytes")
     if len(data) > max_file_bytes:
@@ -74,14 +79,34 @@ def decode_image(
             "decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels or side {max_side}"
         )
     original_format, original_mode = img.format or "", img.mode
+    reduced = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img.load()
             orientation = img.getexif().get(0x0112, 1)
+            if reduced_jpeg_check and original_format == "JPEG" and img.mode == "RGB":
+                # Kept byte for byte: its pixels are not needed, only proof that the whole scan
+                # decodes. libjpeg's 1/8 DCT scaling still entropy-decodes every coefficient (a
+                # truncated or broken stream fails the same way) and skips most of the IDCT.
+                if orientation in (None, 1):
+                    img.draft("RGB", (-(-w // 8), -(-h // 8)))
+                    reduced = True
+            img.load()
             rotated = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
     except Exception as e:  # noqa: BLE001
         return _decode_error(e)
+    if reduced:  # RGB, upright, one frame: kept as it is, at the size the header gave
+        return DecodedImage(
+            data=data,
+            format="jpeg",
+            mode="RGB",
+            width=w,
+            height=h,
+            sha256=hashlib.sha256(data).hexdigest(),
+            reencoded=False,
+            original_format="jpeg",
+            original_mode="RGB",
+        )
     changed = rotated is not img
     img = rotated
     try:

@@ -10,7 +10,6 @@ from mmdata.config import IngestConfig
 from mmdata.core.caption import clean_caption
 from mmdata.core.image import decode_image
 from mmdata.core.reasons import Reason
-from mmdata.io.sourcebytes import SourceBytes
 from mmdata.records import ImageTextPair, RawRecord, Reject
 from mmdata.transforms.stage import Stage, TallyingDoFn, split_outputs
 
@@ -25,8 +24,6 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
     caption = clean_caption(rec.caption, cfg.max_caption_chars)
     if isinstance(caption, Reason):
         return caption
-    if isinstance(img.data, SourceBytes):  # kept byte for byte: its reference needs the digest
-        img.data.sha256 = img.sha256
     meta = dict(rec.metadata)
     if img.reencoded:
         meta["original_format"] = img.original_format

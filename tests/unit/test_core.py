@@ -274,3 +274,52 @@ def test_sample_with_context_matches_schema():
             load_templates("edge2img"),
             seed=0,
         )
+
+
+def _jpeg_variants() -> dict[str, bytes]:
+    """Good JPEGs of awkward sizes and kinds, and damaged ones (cut, junk, flipped bytes)."""
+    import random
+
+    photo = imagegen.photo("coffee", size=203).convert("RGB")
+    good = {
+        "odd_size": imagegen.encode(photo.resize((37, 53)), "JPEG"),
+        "one_pixel": imagegen.encode(photo.resize((1, 1)), "JPEG"),
+        "thin": imagegen.encode(photo.resize((9, 500)), "JPEG"),
+        "progressive": imagegen.encode(photo, "JPEG", progressive=True),
+        "subsampling_444": imagegen.encode(photo, "JPEG", subsampling=0, quality=95),
+        "grey": imagegen.encode(photo.convert("L"), "JPEG"),
+        "cmyk": imagegen.encode(photo.convert("CMYK"), "JPEG"),
+        "exif_rotated": imagegen.exif_rotated_jpeg(),
+    }
+    rng = random.Random(7)
+    out = dict(good)
+    for name in ("odd_size", "progressive", "subsampling_444", "thin"):
+        data = good[name]
+        for k in range(12):
+            b = bytearray(data)
+            pos = rng.randrange(len(b) // 3, len(b))
+            if k % 3 == 0:
+                b = b[:pos]
+            elif k % 3 == 1:
+                b[pos : pos + 64] = bytes(rng.randrange(256) for _ in range(64))
+            else:
+                for _ in range(8):
+                    b[rng.randrange(len(b) // 3, len(b))] ^= 0xFF
+            out[f"{name}_damaged{k}"] = bytes(b)
+    return out
+
+
+def test_reduced_jpeg_check_gives_the_full_decode_result():
+    """Upright RGB JPEGs are checked at 1/8 scale (every coefficient is still entropy-decoded): the
+    same record or the same reject as a full decode, on good and damaged files."""
+    variants = _jpeg_variants()
+    reasons = set()
+    for name, data in variants.items():
+        fast, full = decode_image(data), decode_image(data, reduced_jpeg_check=False)
+        if isinstance(full, Reason):
+            assert isinstance(fast, Reason) and fast.reason == full.reason, name
+            reasons.add(full.reason)
+        else:
+            assert not isinstance(fast, Reason), (name, fast)
+            assert fast == full, name
+    assert "truncated_image" in reasons  # the damaged set does exercise the rejects
