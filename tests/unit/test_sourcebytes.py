@@ -14,7 +14,7 @@ from apache_beam.coders import typecoders
 
 from mmdata.config import IngestConfig, IngestJobConfig
 from mmdata.io.readers import _read_bytes, _TarFn
-from mmdata.io.sourcebytes import SourceBytes, SourceChangedError
+from mmdata.io.sourcebytes import SourceBytes, SourceChangedError, clear_cache
 from mmdata.records import ImageTextPair
 from pipelines import ingest
 
@@ -54,12 +54,34 @@ def test_beam_default_coder_carries_the_reference_inside_a_record(tmp_path):
 def test_a_source_changed_or_removed_while_the_job_runs_is_a_clear_error(tmp_path):
     path = _file(tmp_path, b"original bytes of an image")
     blob = pickle.dumps(SourceBytes(b"original bytes of an image", path))
+    clear_cache()  # as in another process: the region must be read again
     _file(tmp_path, b"ORIGINAL bytes of an image")  # same length, other bytes
     with pytest.raises(SourceChangedError, match=r"a\.jpg.*changed while the job ran"):
         pickle.loads(blob)
     (tmp_path / "a.jpg").unlink()
     with pytest.raises(SourceChangedError, match="could not be read again"):
         pickle.loads(blob)
+
+
+def test_regions_pickled_in_this_process_are_not_read_again(tmp_path, monkeypatch):
+    import mmdata.io.sourcebytes as sb
+
+    clear_cache()
+    datas = [bytes([i]) * 1000 for i in range(4)]
+    paths = [_file(tmp_path, d, f"{i}.jpg") for i, d in enumerate(datas)]
+    objs = [SourceBytes(d, p) for d, p in zip(datas, paths, strict=True)]
+    blobs = [pickle.dumps(o) for o in objs]
+    for p in paths:  # gone from disk: only the cache can answer
+        (tmp_path / p).unlink()
+    assert [pickle.loads(b) for b in blobs] == datas
+    assert pickle.loads(blobs[0]) is objs[0]
+    # bounded: the least recently pickled region goes first, and is then read from disk again
+    monkeypatch.setattr(sb, "CACHE_BYTES", 2500)
+    clear_cache()
+    blobs = [pickle.dumps(o) for o in objs]
+    assert pickle.loads(blobs[3]) is objs[3] and pickle.loads(blobs[2]) is objs[2]
+    with pytest.raises(SourceChangedError):
+        pickle.loads(blobs[0])
 
 
 def test_readers_make_references_only_for_local_files_when_enabled(tmp_path):
