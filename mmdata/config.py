@@ -50,6 +50,11 @@ class IngestConfig:
     caption_field: str = opt("caption", "sidecar JSON key / manifest column holding the caption")
     path_field: str = opt("path", "manifest column holding the image path")
     key_field: str = opt("key", "manifest column holding a record key (optional)")
+    full_jpeg_decode: bool = opt(
+        False,
+        "check upright RGB JPEGs by a full-size decode; by default they are decoded at 1/8 DCT scale, "
+        "which entropy-decodes the same data and rejects the same files about 2-3x faster",
+    )
     bytes_by_reference: bool = opt(
         True,
         "images kept byte for byte from local files travel between stages as (file, offset, CRC-32) "

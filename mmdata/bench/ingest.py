@@ -73,7 +73,7 @@ def build_bench_corpus(out: Path, n: int, size: int) -> int:
     return written
 
 
-def plain_loop(corpus: Path, out: Path, maxcount: int) -> int:
+def plain_loop(corpus: Path, out: Path, maxcount: int, full_jpeg_decode: bool = False) -> int:
     """The baseline: one process, same decode and caption rules, TarWriter shards."""
     out.mkdir(parents=True, exist_ok=True)
     images = sorted(corpus.glob("*.jpg"))
@@ -82,7 +82,7 @@ def plain_loop(corpus: Path, out: Path, maxcount: int) -> int:
     for path in images:
         data = path.read_bytes()
         caption = path.with_suffix(".txt").read_bytes()
-        img = decode_image(data)
+        img = decode_image(data, reduced_jpeg_check=not full_jpeg_decode)
         cap = clean_caption(caption)
         if not hasattr(img, "data") or not isinstance(cap, str):
             continue
@@ -113,8 +113,11 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def beam_ingest(corpus: Path, out: Path, maxcount: int, beam_args: list[str]) -> int:
+def beam_ingest(
+    corpus: Path, out: Path, maxcount: int, beam_args: list[str], full_jpeg_decode: bool = False
+) -> int:
     cfg = IngestJobConfig(input=str(corpus), output=str(out), shards=ShardConfig(maxcount=maxcount))
+    cfg.ingest.full_jpeg_decode = full_jpeg_decode
     ingest.run(cfg, beam_args, overwrite=True)
     return json.loads((out / "manifest.json").read_text())["totals"]["samples"]
 
@@ -129,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--size", type=int, default=384, help="long side of the bench images (px)")
     ap.add_argument("--maxcount", type=int, default=500)
+    ap.add_argument(
+        "--full-jpeg-decode",
+        action="store_true",
+        help="check JPEGs by a full-size decode in both the plain loop and the job "
+        "(ingest.full_jpeg_decode; the default decodes them at 1/8 DCT scale)",
+    )
     ap.add_argument(
         "--repeat",
         type=int,
@@ -147,10 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         build_bench_corpus(corpus, args.n, args.size)
     n = len(list(corpus.glob("*.jpg")))
     mb = sum(p.stat().st_size for p in corpus.glob("*.jpg")) / 1e6
-    print(f"bench-ingest: {n} JPEG images (long side {args.size}px, {mb:.1f} MB) in {corpus}")
+    check = "full-size decode" if args.full_jpeg_decode else "1/8-scale decode"
+    print(
+        f"bench-ingest: {n} JPEG images (long side {args.size}px, {mb:.1f} MB, {check}) in {corpus}"
+    )
 
     runs = [
-        ("plain loop (1 process, TarWriter)", lambda c, o: plain_loop(c, o, args.maxcount)),
+        (
+            "plain loop (1 process, TarWriter)",
+            lambda c, o: plain_loop(c, o, args.maxcount, args.full_jpeg_decode),
+        ),
         (
             "beam DirectRunner, 1 worker",
             lambda c, o: beam_ingest(
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 o,
                 args.maxcount,
                 ["--direct_num_workers=1", "--direct_running_mode=in_memory"],
+                args.full_jpeg_decode,
             ),
         ),
         (
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 o,
                 args.maxcount,
                 ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+                args.full_jpeg_decode,
             ),
         ),
     ]

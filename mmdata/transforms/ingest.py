@@ -18,7 +18,13 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
     """Decode + check one raw record (pure; see mmdata/core/image.py and caption.py for the rules)."""
     if rec.error:
         return Reason(*rec.error)
-    img = decode_image(rec.image, cfg.max_file_bytes, cfg.max_pixels, cfg.max_side)
+    img = decode_image(
+        rec.image,
+        cfg.max_file_bytes,
+        cfg.max_pixels,
+        cfg.max_side,
+        reduced_jpeg_check=not cfg.full_jpeg_decode,
+    )
     if isinstance(img, Reason):
         return img
     caption = clean_caption(rec.caption, cfg.max_caption_chars)

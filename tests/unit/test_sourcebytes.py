@@ -9,6 +9,7 @@ import zlib
 
 import apache_beam as beam
 import imagegen
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.coders import typecoders
 
@@ -120,14 +121,23 @@ def test_tar_members_are_referenced_at_their_offset_in_an_uncompressed_tar(tmp_p
     assert rec.image == jpg and type(rec.image) is bytes
 
 
-def test_ingest_gives_the_same_shards_with_bytes_by_reference_or_inline(tmp_path):
+def test_ingest_gives_the_same_shards_by_reference_or_inline_and_with_either_jpeg_check(tmp_path):
     src = tmp_path / "src"
     imagegen.good_folder(src, n_shapes=3)
+    for i, name in enumerate(imagegen.PHOTOS):  # JPEGs too, one of them cut short
+        data = imagegen.encode(imagegen.photo(name, 80 + i), "JPEG")
+        (src / f"j{i}.jpg").write_bytes(data[: len(data) // 2] if i == 0 else data)
+        (src / f"j{i}.txt").write_text(f"a jpeg photo of {name}")
     outs = {}
-    for flag in (True, False):
-        out = tmp_path / f"out_{flag}"
+    for by_ref, full in ((True, False), (False, False), (True, True)):
+        out = tmp_path / f"out_{by_ref}_{full}"
         cfg = IngestJobConfig(input=str(src), output=str(out))
-        cfg.ingest.bytes_by_reference = flag
+        cfg.ingest.bytes_by_reference = by_ref
+        cfg.ingest.full_jpeg_decode = full
         ingest.run(cfg)
-        outs[flag] = {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
-    assert outs[True] and outs[True] == outs[False]
+        rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+        tars = {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+        outs[by_ref, full] = (tars, [(r["key"], r["reason"]) for r in rejects])
+    first = outs[True, False]
+    assert first[0] and first[1] == [("j0", "truncated_image")]
+    assert all(o == first for o in outs.values())
