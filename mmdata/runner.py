@@ -203,9 +203,14 @@ def run_pipeline(
     if test_pipeline is not None:
         build(test_pipeline)
         return
+    from mmdata.io.sourcebytes import clear_cache
+
     opts = pipeline_options(beam_args)
-    with _Pipeline(runner=local_runner(opts), options=opts) as p:
-        build(p)
+    try:
+        with _Pipeline(runner=local_runner(opts), options=opts) as p:
+            build(p)
+    finally:
+        clear_cache()  # the job's image bytes held in this process are not needed any more
     if "DaskRunner" in str(opts.view_as(StandardOptions).runner):
         _close_dask_client()
 

@@ -26,11 +26,12 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
 from mmdata.core.keys import slug_key
-from mmdata.io.sourcebytes import SourceBytes, is_local
+from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
 from mmdata.records import RawRecord
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
@@ -49,19 +50,25 @@ def _split_ext(path: str) -> tuple[str, str]:
 def _read_bytes(
     path: str, size: int | None, max_bytes: int, by_reference: bool = False
 ) -> tuple[bytes | None, tuple[str, str] | None]:
-    """The file's bytes (a `SourceBytes` for a local file when `by_reference`), or a reject reason."""
+    """The file's bytes (a `SourceBytes` for a local file when `by_reference`), or a reject reason.
+
+    A local file is read with `open` (sized by `fstat`), except one with a compression extension
+    (`.gz`, `.bz2`, ...), which goes through Beam's FileSystems as before, decompressed and inline.
+    """
     if size is not None and size > max_bytes:
         return None, ("file_too_large", f"{size} bytes > {max_bytes}")
+    stamp = None
     try:
-        if is_local(path):
+        if is_local(path) and not _compressed(path):
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                stamp = file_stamp(st)
                 # read(max_bytes + 1) would allocate max_bytes (64 MB) for every small file
-                size = min(os.fstat(f.fileno()).st_size, max_bytes) + 1
+                size = min(st.st_size, max_bytes) + 1
                 data = f.read(size)
-                if (
-                    len(data) == size <= max_bytes
-                ):  # the file grew since fstat: read on to the limit
+                if len(data) == size <= max_bytes:  # the file grew since fstat: read to the limit
                     data += f.read(max_bytes + 1 - size)
+                    stamp = None
         else:
             with FileSystems.open(path) as f:
                 data = f.read(max_bytes + 1)
@@ -69,9 +76,13 @@ def _read_bytes(
         return None, ("unreadable_file", f"{type(e).__name__}: {e}")
     if len(data) > max_bytes:
         return None, ("file_too_large", f"more than {max_bytes} bytes")
-    if by_reference and data and is_local(path):
-        return SourceBytes(data, path), None
+    if by_reference and data and stamp is not None:
+        return SourceBytes(data, path, stamp=stamp), None
     return data, None
+
+
+def _compressed(path: str) -> bool:
+    return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
 
 
 def _parse_sidecar_json(
@@ -357,10 +368,12 @@ class _TarFn(beam.DoFn):
             yield rec
 
         try:
+            # the tar's version, for members passed by reference (taken before reading it)
+            stamp = file_stamp(os.stat(tar_path)) if is_local(tar_path) else None
             with FileSystems.open(tar_path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 by_ref = (
                     cfg.bytes_by_reference
-                    and is_local(tar_path)
+                    and stamp is not None
                     and getattr(tar.fileobj, "comptype", "") == "tar"
                 )
                 for ti in tar:
@@ -407,9 +420,10 @@ class _TarFn(beam.DoFn):
                         continue
                     fobj = tar.extractfile(ti)
                     data = fobj.read() if fobj else b""
-                    if by_ref and data and ext.lower() in IMAGE_EXTS:
-                        # offsets are file offsets in an uncompressed tar
-                        data = SourceBytes(data, tar_path, ti.offset_data)
+                    if by_ref and data and ext.lower() in IMAGE_EXTS and not ti.issparse():
+                        # offsets are file offsets in an uncompressed tar; a sparse member is
+                        # stored packed, so its region on disk is not its bytes
+                        data = SourceBytes(data, tar_path, ti.offset_data, stamp=stamp)
                     group[ext.lower()] = data
                 # Python's tarfile ends quietly when the file stops at or inside a member header;
                 # only a zero block marks a complete archive, so a file too short to hold one there

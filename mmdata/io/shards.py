@@ -261,13 +261,26 @@ def _local(path: str) -> bool:
     return "://" not in path
 
 
+def _source_folder(source: str, kind: str) -> str | None:
+    """The local folder whose files a job reads: a folder input, or the folder of `.tar` shards
+    (a folder, a glob or one file). None for manifests, whose rows may point anywhere."""
+    if kind == "manifest":
+        return None
+    if os.path.isdir(source):
+        return os.path.abspath(source)
+    if kind == "webdataset" or source.endswith(".tar"):
+        return os.path.abspath(os.path.dirname(source) or ".")
+    return None
+
+
 def prepare_output(output: str, source: str | None = None, source_kind: str = "auto") -> None:
     """Check a job's output folder before anything runs, and mark it as an mmdata dataset.
 
     Refused with a `ValueError`: an output that is an existing file; an existing folder that holds files
     but is not an mmdata dataset (no `manifest.json` and no `.mmdata-dataset` marker), since the job
-    replaces shard-named files there; a folder source with the output inside it (the next run would
-    read its own shards as input). Remote outputs (`gs://`, ...) are not checked.
+    replaces shard-named files there; an output in or inside the folder a source reads (a folder, or
+    the folder of `.tar` shards given as a folder, glob or file): the job would replace its own input
+    or the next run would read its shards as input. Remote outputs (`gs://`, ...) are not checked.
     """
     if not _local(output):
         return
@@ -276,13 +289,12 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
         raise ValueError(
             f"output {output!r} is a file; give a folder (new, empty or an mmdata dataset)"
         )
-    if source and _local(source) and os.path.isdir(source) and source_kind in ("auto", "folder"):
-        src = os.path.abspath(source)
-        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
-            raise ValueError(
-                f"output {output!r} is inside the input folder {source!r}: the next run would read "
-                "the shards as input; write the dataset somewhere else"
-            )
+    src = _source_folder(source, source_kind) if source and _local(source) else None
+    if src and (out == src or out.startswith(src.rstrip(os.sep) + os.sep)):
+        raise ValueError(
+            f"output {output!r} is inside the input folder {source!r}: the job would replace or "
+            "the next run would read its own shards as input; write the dataset somewhere else"
+        )
     if os.path.isdir(out):
         entries = set(os.listdir(out))
         if entries and not entries & {"manifest.json", OUTPUT_MARKER}:

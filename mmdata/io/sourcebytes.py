@@ -8,12 +8,13 @@ An image that ingest keeps byte for byte (a clean 8-bit JPEG/PNG/WebP) is alread
 place, so it does not need to travel at all:
 
 `SourceBytes` is a `bytes` (every consumer sees the real bytes) that remembers the file region it came
-from. It pickles, which is how Beam's default coder encodes records, as `(path, offset, length,
-crc32)` and is re-read, and its CRC-32 checked, where it is unpickled. A region that changed while the
-job ran raises `SourceChangedError` (the job stops with the file named) instead of writing other bytes.
-(The check is against accidents, a file rewritten during a run, not against an adversary who can write
-the inputs anyway: CRC-32 misses a random change with probability 2^-32 and takes a third of
-SHA-256's time, which was most of a re-read's cost.)
+from. It pickles, which is how Beam's default coder encodes records, as `(path, offset, length, crc32,
+stamp)` and is re-read where it is unpickled, after checking that the file is the one it was read from
+(`stamp`: device, inode, size and mtime, as read by `fstat` when the bytes were first read) and that
+the bytes have the same CRC-32. A region that changed while the job ran raises `SourceChangedError`
+(the job stops with the file named) instead of writing other bytes. (The checks are against accidents,
+a file rewritten or replaced during a run, not against an adversary who can write the inputs anyway;
+CRC-32 takes a third of SHA-256's time, which was most of a re-read's cost.)
 
 Readers make them only for local files (`ingest.bytes_by_reference`, on by default): re-reading a local
 file from the page cache is cheap, while a second read from an object store (`gs://`, `s3://`) is a
@@ -22,6 +23,7 @@ billed request, so remote sources keep their bytes inline.
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from collections import OrderedDict
@@ -31,7 +33,8 @@ from typing import Any
 # of bytes) and not read again when this process unpickles them: on a one-process runner a record
 # crosses three materialisation points, and the three re-reads were about 5 % of an ingest job.
 CACHE_BYTES = 256 << 20
-_Ref = tuple[str, int, int, int]
+Stamp = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+_Ref = tuple[str, int, int, int, Stamp | None]
 _cache: OrderedDict[_Ref, SourceBytes] = OrderedDict()
 _cache_bytes = 0
 _lock = threading.Lock()
@@ -61,6 +64,11 @@ class SourceChangedError(RuntimeError):
     """The bytes of a source file region are not what was read from it earlier in the job."""
 
 
+def file_stamp(st: os.stat_result) -> Stamp:
+    """What identifies a file's version: device, inode, size, modification time."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class SourceBytes(bytes):
     """Bytes read from `path` at `offset` that pickle as a reference and are re-read on unpickling.
 
@@ -68,17 +76,27 @@ class SourceBytes(bytes):
         path: local file the bytes were read from.
         offset: byte offset of the region in the file.
         crc32: CRC-32 of the bytes (computed when first pickled).
+        stamp: `file_stamp` of the file when the bytes were read (None: not checked).
     """
 
     path: str
     offset: int
     crc32: int | None
+    stamp: Stamp | None
 
-    def __new__(cls, data: bytes, path: str, offset: int = 0, crc32: int | None = None):
+    def __new__(
+        cls,
+        data: bytes,
+        path: str,
+        offset: int = 0,
+        crc32: int | None = None,
+        stamp: Stamp | None = None,
+    ):
         obj = super().__new__(cls, data)
         obj.path = path
         obj.offset = offset
         obj.crc32 = crc32
+        obj.stamp = stamp
         return obj
 
     def checksum(self) -> int:
@@ -86,8 +104,8 @@ class SourceBytes(bytes):
             self.crc32 = zlib.crc32(self)
         return self.crc32
 
-    def __reduce__(self) -> tuple[Any, tuple[str, int, int, int]]:
-        ref = (self.path, self.offset, len(self), self.checksum())
+    def __reduce__(self) -> tuple[Any, _Ref]:
+        ref = (self.path, self.offset, len(self), self.checksum(), self.stamp)
         if CACHE_BYTES:
             _remember(ref, self)
         return reread, ref
@@ -96,16 +114,28 @@ class SourceBytes(bytes):
         return f"SourceBytes({self.path!r}, offset={self.offset}, length={len(self)})"
 
 
-def reread(path: str, offset: int, length: int, crc32: int) -> SourceBytes:
+def _changed(path: str, what: str) -> SourceChangedError:
+    return SourceChangedError(
+        f"{path}: {what} since it was read earlier in this job; input files must not change while "
+        "a job runs (or set ingest.bytes_by_reference false to carry image bytes through the "
+        "pipeline)"
+    )
+
+
+def reread(
+    path: str, offset: int, length: int, crc32: int, stamp: Stamp | None = None
+) -> SourceBytes:
     """Read `length` bytes of `path` at `offset` again and check they are the ones read before (or
     take them from this process's cache of regions it pickled)."""
     if CACHE_BYTES:
         with _lock:
-            hit = _cache.get((path, offset, length, crc32))
+            hit = _cache.get((path, offset, length, crc32, stamp))
         if hit is not None:
             return hit
     try:
         with open(path, "rb") as f:
+            if stamp is not None and file_stamp(os.fstat(f.fileno())) != stamp:
+                raise _changed(path, "the file was modified or replaced")
             f.seek(offset)
             data = f.read(length)
     except OSError as e:
@@ -114,12 +144,8 @@ def reread(path: str, offset: int, length: int, crc32: int) -> SourceBytes:
             "place while a job runs (or set ingest.bytes_by_reference false)"
         ) from e
     if len(data) != length or zlib.crc32(data) != crc32:
-        raise SourceChangedError(
-            f"{path}: bytes {offset}..{offset + length} changed while the job ran (CRC-32 was "
-            f"{crc32:08x}); input files must not change while a job runs (or set "
-            "ingest.bytes_by_reference false to carry image bytes through the pipeline)"
-        )
-    return SourceBytes(data, path, offset, crc32)
+        raise _changed(path, f"bytes {offset}..{offset + length} changed (CRC-32 was {crc32:08x})")
+    return SourceBytes(data, path, offset, crc32, stamp)
 
 
 def is_local(path: str) -> bool:

@@ -97,6 +97,13 @@ class _FinalizeFn(beam.DoFn):
         for stage in self.chain:  # a stage that got no records still accounts for them: zeros
             counts_d.setdefault(stage, {"input": 0, "kept": 0, "rejected": {}})
         check_accounting(counts_d, self.chain)
+        shards = sorted(shards, key=lambda s: s.name)
+        samples = sum(s.samples for s in shards)
+        last = counts_d[self.chain[-1]]["kept"] if self.chain else samples
+        if last != samples:  # also catches tallies that never arrived (every count 0)
+            raise AccountingError(
+                f"stage {self.chain[-1]} kept {last} records but the shards hold {samples} samples"
+            )
         rows = sorted(
             (r.to_dict() for r in rejects),
             key=lambda r: (r["stage"], r["key"], r["reason"], r["source"]),
@@ -104,7 +111,6 @@ class _FinalizeFn(beam.DoFn):
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
         _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
-        shards = sorted(shards, key=lambda s: s.name)
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
         skipped = sum(s.skipped for s in shards)
         log.info(

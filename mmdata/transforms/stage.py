@@ -13,6 +13,7 @@ dropped with its outputs), instead of three counting steps per element.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -50,20 +51,29 @@ class Tally:
 
 class TallyingDoFn(beam.DoFn):
     """A DoFn that tallies its records per bundle (`self.tally(tag)`) and emits the `Tally`s when the
-    bundle finishes, beside its outputs."""
+    bundle finishes, beside its outputs.
+
+    The tallies are per thread: one DoFn instance may run several bundles at once on threads (Dask's
+    threaded scheduler hands the same instance to every partition)."""
 
     stage = ""
 
     def start_bundle(self) -> None:
-        self._tallies: dict[str, int] = {}
+        self.__dict__.setdefault("_bundle", threading.local()).tallies = {}
 
     def tally(self, tag: str) -> None:
-        self._tallies[tag] = self._tallies.get(tag, 0) + 1
+        tallies = self._bundle.tallies
+        tallies[tag] = tallies.get(tag, 0) + 1
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        for tag, n in sorted(self._tallies.items()):
+        tallies, self._bundle.tallies = self._bundle.tallies, {}
+        for tag, n in sorted(tallies.items()):
             yield GlobalWindows.windowed_value(Tally(self.stage, tag, n))
-        self._tallies = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_bundle", None)  # thread-local: not picklable, and per process anyway
+        return state
 
 
 class _StageFn(TallyingDoFn):

@@ -202,6 +202,10 @@ def test_output_folder_safety(tmp_path):
         _run(str(src), src)
     out = tmp_path / "out"
     _run(str(src), out)
+    # re-ingesting a dataset's own tars into it would replace shards that later records still read
+    for inp, kind in ((out, "webdataset"), (out / "*.tar", "auto"), (out / "00000.tar", "auto")):
+        with pytest.raises(ValueError, match="inside the input folder"):
+            ingest.run(IngestJobConfig(input=str(inp), output=str(out), input_kind=kind))
     (out / "00009.tar").write_bytes(b"stale shard")
     (out / "keep.parquet").write_bytes(b"not a shard name")
     _run(str(src), out)  # a rerun into its own dataset

@@ -9,12 +9,14 @@ import tarfile
 import apache_beam as beam
 import imagegen
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
 from mmdata.config import IngestConfig, QualityConfig
+from mmdata.core.reasons import Reason
 from mmdata.io.readers import ReadFolder, ReadManifest, ReadWebDataset
 from mmdata.io.shards import ShardItem, WriteShards
 from mmdata.records import RawRecord
@@ -355,3 +357,57 @@ def test_tar_bytes_independent_of_input_order(tmp_path):
     ).read_bytes()
     buf = io.BytesIO((tmp_path / "x" / "00000.tar").read_bytes())
     assert tarfile.open(fileobj=buf).getnames()[0] == "000000000.json"
+
+
+def test_stage_tallies_are_per_thread_when_one_dofn_runs_bundles_on_several_threads():
+    """Dask's threaded scheduler gives every partition the same DoFn instance: a bundle that starts
+    while another is half done must not reset or take the other's tallies."""
+    import threading
+
+    from mmdata.transforms.stage import Tally, _StageFn
+
+    fn = _StageFn("s", lambda x: x if x % 3 else Reason("three", ""))
+    fn.setup()
+    results: list[list] = []
+    a_half, b_started = threading.Event(), threading.Event()
+
+    def run(items: range, steps: list) -> None:
+        fn.start_bundle()
+        for x in items[:50]:
+            list(fn.process(x))
+        for signal, wait in steps:
+            signal and signal.set()
+            wait and wait.wait(5)
+        for x in items[50:]:
+            list(fn.process(x))
+        results.append([t.value for t in fn.finish_bundle()])
+
+    a = threading.Thread(target=run, args=(range(0, 100), [(a_half, b_started)]))
+    b = threading.Thread(target=run, args=(range(100, 200), [(b_started, None)]))
+    a.start()
+    a_half.wait(5)
+    b.start()
+    a.join()
+    b.join()
+    totals = []
+    for tallies in results:
+        assert all(isinstance(t, Tally) and t.stage == "s" for t in tallies)
+        totals.append({t.tag: t.n for t in tallies})
+    assert sorted(sum(t.values()) for t in totals) == [200, 200]  # input + kept + rejected, each
+    assert sum(t["input"] for t in totals) == 200
+    assert sum(t["kept"] for t in totals) == 133 and sum(t["rej:three"] for t in totals) == 67
+
+
+def test_manifest_refuses_counts_that_do_not_match_the_shards(tmp_path):
+    """Tallies that never arrived (every stage 0) or a last stage that kept other than the shards hold."""
+    from mmdata.io.shards import ShardInfo
+    from mmdata.transforms.manifest import AccountingError, _FinalizeFn
+
+    fin = _FinalizeFn(str(tmp_path), "ingest", {}, ["ingest", "unique_keys"], {}, [])
+    shard = ShardInfo("00000.tar", "00000.parquet", 3, 100, "0" * 64)
+    with pytest.raises(AccountingError, match="kept 0 records but the shards hold 3"):
+        list(fin.process(None, [], [shard], [], [("pair", 3)]))
+    counts = [(("ingest", "input"), 3), (("ingest", "kept"), 3)]
+    counts += [(("unique_keys", "input"), 3), (("unique_keys", "kept"), 3)]
+    (manifest,) = list(fin.process(None, counts, [shard], [], [("pair", 3)]))
+    assert manifest["totals"]["samples"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 import zlib
@@ -57,10 +58,27 @@ def test_a_source_changed_or_removed_while_the_job_runs_is_a_clear_error(tmp_pat
     blob = pickle.dumps(SourceBytes(b"original bytes of an image", path))
     clear_cache()  # as in another process: the region must be read again
     _file(tmp_path, b"ORIGINAL bytes of an image")  # same length, other bytes
-    with pytest.raises(SourceChangedError, match=r"a\.jpg.*changed while the job ran"):
+    with pytest.raises(SourceChangedError, match=r"a\.jpg: bytes 0\.\.26 changed"):
         pickle.loads(blob)
     (tmp_path / "a.jpg").unlink()
     with pytest.raises(SourceChangedError, match="could not be read again"):
+        pickle.loads(blob)
+
+
+def test_a_file_replaced_by_one_with_the_same_bytes_is_caught_by_its_stamp(tmp_path):
+    """What the readers record (device, inode, size, mtime) catches a swap the CRC alone could miss
+    (a replacement made to have the same length and CRC)."""
+    path = _file(tmp_path, b"image bytes")
+    data, _ = _read_bytes(path, None, 1 << 20, by_reference=True)
+    assert data.stamp is not None
+    blob = pickle.dumps(data)
+    clear_cache()
+    assert pickle.loads(blob) == b"image bytes"  # untouched: fine
+    clear_cache()
+    other = tmp_path / "other"
+    other.write_bytes(b"image bytes")
+    os.replace(other, path)  # same bytes, another file
+    with pytest.raises(SourceChangedError, match="modified or replaced"):
         pickle.loads(blob)
 
 
@@ -93,6 +111,34 @@ def test_readers_make_references_only_for_local_files_when_enabled(tmp_path):
     assert err is None and type(data) is bytes
     data, err = _read_bytes(path, None, 3, by_reference=True)
     assert data is None and err[0] == "file_too_large"
+
+
+def test_sparse_tar_members_carry_their_bytes(tmp_path):
+    """A sparse member is stored packed: its region on disk is not its bytes, so no reference."""
+    jpg = imagegen.encode(imagegen.photo("coffee"), "JPEG")
+    tar_path = tmp_path / "00000.tar"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name, data in (("000000000.jpg", jpg), ("000000000.txt", b"a cup")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    raw = bytearray(buf.getvalue())
+    raw[156:157] = tarfile.GNUTYPE_SPARSE  # the first member's type flag: sparse, no holes
+    # a GNU sparse header with one map entry (offset 0, the whole size) and the checksum redone
+    hdr = bytearray(raw[:512])
+    hdr[386:398] = b"%011o\0" % 0
+    hdr[398:410] = b"%011o\0" % len(jpg)
+    hdr[483:495] = b"%011o\0" % len(jpg)  # realsize
+    hdr[148:156] = b" " * 8
+    hdr[148:156] = b"%06o\0 " % sum(hdr)
+    raw[:512] = hdr
+    tar_path.write_bytes(bytes(raw))
+    with tarfile.open(tar_path) as t:
+        assert t.getmembers()[0].issparse()
+    meta = beam.io.filesystem.FileMetadata(str(tar_path), tar_path.stat().st_size)
+    recs = [r for r in _TarFn(IngestConfig()).process(meta) if r.image]
+    assert len(recs) == 1 and recs[0].image == jpg and type(recs[0].image) is bytes
 
 
 def test_tar_members_are_referenced_at_their_offset_in_an_uncompressed_tar(tmp_path):
