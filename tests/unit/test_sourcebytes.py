@@ -111,6 +111,12 @@ def test_readers_make_references_only_for_local_files_when_enabled(tmp_path):
     assert err is None and type(data) is bytes
     data, err = _read_bytes(path, None, 3, by_reference=True)
     assert data is None and err[0] == "file_too_large"
+    # a compressed file is decompressed (Beam's FileSystems, by extension) and carried inline
+    import gzip
+
+    gz = _file(tmp_path, gzip.compress(b"some image bytes"), "b.jpg.gz")
+    data, err = _read_bytes(gz, None, 1 << 20, by_reference=True)
+    assert err is None and data == b"some image bytes" and type(data) is bytes
 
 
 def test_sparse_tar_members_carry_their_bytes(tmp_path):
