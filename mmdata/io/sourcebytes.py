@@ -32,7 +32,7 @@ from typing import Any
 # Regions pickled in this process are kept (least recently pickled dropped first, up to CACHE_BYTES
 # of bytes) and not read again when this process unpickles them: on a one-process runner a record
 # crosses three materialisation points, and the three re-reads were about 5 % of an ingest job.
-CACHE_BYTES = 256 << 20
+CACHE_BYTES = 128 << 20
 Stamp = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 _Ref = tuple[str, int, int, int, Stamp | None]
 _cache: OrderedDict[_Ref, SourceBytes] = OrderedDict()
