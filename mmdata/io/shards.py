@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.keys import shard_key, shard_name
+from mmdata.io.sourcebytes import is_local
 from mmdata.io.wds_writer import tarwriter
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
@@ -257,10 +258,6 @@ class WriteShards(beam.PTransform):
 OUTPUT_MARKER = ".mmdata-dataset"
 
 
-def _local(path: str) -> bool:
-    return "://" not in path
-
-
 def _source_folder(source: str, kind: str) -> str | None:
     """The local folder whose files a job reads: a folder input, or the folder of `.tar` shards
     (a folder, a glob or one file). None for manifests, whose rows may point anywhere."""
@@ -282,14 +279,14 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
     the folder of `.tar` shards given as a folder, glob or file): the job would replace its own input
     or the next run would read its shards as input. Remote outputs (`gs://`, ...) are not checked.
     """
-    if not _local(output):
+    if not is_local(output):
         return
     out = os.path.abspath(output)
     if os.path.isfile(out):
         raise ValueError(
             f"output {output!r} is a file; give a folder (new, empty or an mmdata dataset)"
         )
-    src = _source_folder(source, source_kind) if source and _local(source) else None
+    src = _source_folder(source, source_kind) if source and is_local(source) else None
     if src and (out == src or out.startswith(src.rstrip(os.sep) + os.sep)):
         raise ValueError(
             f"output {output!r} is inside the input folder {source!r}: the job would replace or "

@@ -140,7 +140,7 @@ class _FinalizeFn(beam.DoFn):
             "shards": [s.to_manifest() for s in shards],
             "tasks": task_counts,
             "mixture": mixture,
-            "totals": {"samples": sum(s.samples for s in shards), "rejects": len(rows)},
+            "totals": {"samples": samples, "rejects": len(rows)},
             "notes": self.notes,
         }
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -185,9 +185,8 @@ class WriteManifest(beam.PTransform):
 
     def expand(self, inputs):
         tallies, shards, rejects, tasks = inputs
-        counts = tallies | "Tally" >> beam.CombinePerKey(
-            sum
-        )  # ((stage, tag), n), summed again there
+        # ((stage, tag), n) pairs, summed per tag here and per stage in _FinalizeFn
+        counts = tallies | "Tally" >> beam.CombinePerKey(sum)
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])
