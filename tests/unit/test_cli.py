@@ -89,3 +89,18 @@ def test_local_worker_processes_log_beam_at_warning_unless_told():
     told = pipeline_options([*mp, '--sdk_harness_log_level_overrides={"mmdata": "DEBUG"}'])
     assert told.view_as(WorkerOptions).sdk_harness_log_level_overrides == {"mmdata": "DEBUG"}
     assert pipeline_options([]).view_as(WorkerOptions).sdk_harness_log_level_overrides is None
+
+
+def test_job_options_keep_one_view_per_class_and_share_values():
+    """mmdata's options cache `view_as` (Beam re-parses every flag per call); views still share values."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from mmdata.runner import pipeline_options
+
+    opts = pipeline_options(["--direct_num_workers=2", "--runner=DirectRunner"])
+    std = opts.view_as(StandardOptions)
+    assert opts.view_as(StandardOptions) is std and std.runner == "DirectRunner"
+    assert opts.view_as(DirectOptions).direct_num_workers == 2
+    std.streaming = True
+    assert opts.get_all_options()["streaming"] is True
+    assert opts.view_as(DirectOptions).view_as(StandardOptions).streaming is True
