@@ -317,6 +317,28 @@ def test_write_shards_deterministic_and_readable(tmp_path):
     assert not list((tmp_path / "a").glob("*.tmp-*"))
 
 
+def test_write_shards_plans_across_many_key_prefixes(tmp_path):
+    """Keys spread over every plan group (hex hashes): the shards are cut as one sorted list."""
+    from mmdata.core.keys import stable_hash
+    from mmdata.io.shards import plan_shards
+
+    items = [
+        ShardItem(stable_hash("i", str(i)), {"target.png": bytes([i % 256]) * (10 + i % 37)})
+        for i in range(700)
+    ]
+    with TestPipeline(runner=LocalDirectRunner()) as p:
+        infos = p | beam.Create(items) | WriteShards(str(tmp_path), maxcount=64, maxsize=9000)
+        assert_that(
+            infos | beam.Map(lambda s: s.samples),
+            equal_to(
+                [c for _, _, c in plan_shards([(it.sort_key, it.nbytes) for it in items], 64, 9000)]
+            ),
+        )
+    tars = [str(t) for t in sorted(tmp_path.glob("*.tar"))]
+    keys = [s["__key__"] for s in wds.WebDataset(tars, shardshuffle=False)]
+    assert sorted(keys) == [f"{i:09d}" for i in range(700)]
+
+
 def test_write_shards_maxsize(tmp_path):
     with TestPipeline(runner=LocalDirectRunner()) as p:
         infos = (

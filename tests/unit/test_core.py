@@ -162,6 +162,30 @@ def test_shard_plan_respects_limits_and_is_order_free():
         plan_shards([("a", 1), ("a", 2)], 10, 100)
 
 
+def test_shard_plan_by_prefix_chunks_is_the_plan_of_the_whole_list():
+    """The job plans from key-prefix groups walked in order (no worker holds every key): the same
+    shards as planning the whole sorted list, wherever the cuts fall against the group boundaries."""
+    import random
+
+    from mmdata.core.keys import stable_hash
+    from mmdata.io.shards import PLAN_PREFIX, plan_sorted_chunks
+
+    rng = random.Random(3)
+    sizes = [(stable_hash("k", str(i)), rng.randrange(1, 5000)) for i in range(3000)]
+    groups: dict[str, list] = {}
+    for key, n in sizes:
+        groups.setdefault(key[:PLAN_PREFIX], []).append((key, n))
+    chunks = [sorted(groups[p]) for p in sorted(groups)]
+    assert len(chunks) == 256
+    for maxcount, maxsize in ((7, 10**9), (100, 10**9), (10**6, 60_000), (50, 40_000), (1, 1)):
+        whole = plan_shards(sizes, maxcount, maxsize)
+        assert plan_sorted_chunks(chunks, maxcount, maxsize) == whole
+        assert sum(c for _, _, c in whole) == 3000
+    assert plan_sorted_chunks([], 10, 100) == []
+    with pytest.raises(ValueError, match="duplicate sort_key"):
+        plan_sorted_chunks([[("ab", 1)], [("ab", 2)]], 10, 100)
+
+
 def test_templates_load_and_fill():
     ts = load_templates("txt2img")
     assert len(ts) >= 5 and all(t.task == "txt2img" for t in ts)
