@@ -285,7 +285,7 @@ class _ManifestRowFn(beam.DoFn):
         if not isinstance(path, str) or not path:
             yield record(None, ("missing_path", f"no {cfg.path_field!r} in row"))
             return
-        if "://" not in path and not path.startswith("/"):
+        if is_local(path) and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         metadata["path"] = path
         try:
@@ -523,7 +523,7 @@ def detect_kind(path: str) -> tuple[str, str]:
         return "webdataset", path
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"input {path!r} does not exist")
-    if "://" not in path and os.path.isfile(path):
+    if is_local(path) and os.path.isfile(path):
         raise ValueError(
             f"input {path!r} is a file but not a manifest (.parquet/.csv/.tsv/.jsonl/.json) or a .tar "
             "shard; give the folder that holds the images"
@@ -550,7 +550,7 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
     A local path is made absolute first, so records' `source` (and so the shards' bytes) do not depend on
     the directory the job was started from.
     """
-    if "://" not in path:
+    if is_local(path):
         path = os.path.abspath(path) + ("/" if path.endswith("/") else "")
     if kind == "auto":
         kind, pattern = detect_kind(path)
@@ -558,7 +558,7 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
         pattern = path
         if kind == "webdataset" and not path.endswith(".tar"):
             pattern = path.rstrip("/") + "/*.tar"
-        if "://" not in path:
+        if is_local(path):
             if kind == "manifest" and os.path.isdir(path):
                 raise ValueError(f"input_kind manifest needs a file or glob, {path!r} is a folder")
             if kind == "folder" and os.path.isfile(path):
