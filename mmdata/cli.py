@@ -53,6 +53,7 @@ class _DropImportNoise(logging.Filter):
         "apitools not found",
         "No semi_persistent_directory found",
         "Discarding unparseable args",
+        "Finished listing",  # one INFO line per file pattern Beam's filesystems match
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

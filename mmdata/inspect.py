@@ -11,7 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image
+
+from mmdata.io import paths
 
 THUMB = 128
 
@@ -30,10 +34,13 @@ def _thumb(data: bytes) -> str:
         return f'<span class="err">undecodable ({html.escape(type(e).__name__)})</span>'
 
 
-def _samples(tar_path: Path, limit: int):
-    """(key, {field: bytes}) per sample, in tar order."""
+def _samples(tar_path: str, limit: int):
+    """(key, {field: bytes}) per sample, in tar order (the shard is streamed: local or object store)."""
     cur, members = None, {}
-    with tarfile.open(tar_path) as tar:
+    with (
+        FileSystems.open(tar_path, compression_type=CompressionTypes.UNCOMPRESSED) as f,
+        tarfile.open(fileobj=f, mode="r|") as tar,
+    ):
         for ti in tar:
             if not ti.isreg():
                 continue
@@ -58,15 +65,15 @@ def stage_order(manifest: dict) -> list[str]:
     return list(dict.fromkeys(chain)) + sorted(set(counts) - set(chain))
 
 
-def write_report(dataset: str | Path, out: str | Path | None = None, max_samples: int = 48) -> Path:
-    """Write the HTML report of `dataset`; returns its path."""
-    root = Path(dataset)
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
+def write_report(dataset: str | Path, out: str | Path | None = None, max_samples: int = 48) -> str:
+    """Write the HTML report of `dataset` (a folder or a `scheme://` prefix); returns its path."""
+    root = str(dataset).rstrip("/") if "://" in str(dataset) else str(dataset)
+    manifest_path = paths.join(root, "manifest.json")
+    if not paths.exists(manifest_path):
         raise FileNotFoundError(
             f"{root} has no manifest.json: not an mmdata dataset (or the job did not finish)"
         )
-    m = json.loads(manifest_path.read_text())
+    m = json.loads(paths.read_text(manifest_path))
     e = html.escape
     parts = [
         "<!doctype html><meta charset='utf-8'><title>mmdata: " + e(str(root)) + "</title>",
@@ -91,9 +98,9 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
     for t, n in m["tasks"].items():
         parts.append(f"<tr><td>{e(t)}</td><td>{n}</td><td>{m['mixture'].get(t, '')}</td></tr>")
     parts.append("</table>")
-    rej_path = root / "rejects.parquet"
-    if rej_path.is_file():
-        rows = pq.read_table(rej_path).to_pylist()
+    rej_path = paths.join(root, "rejects.parquet")
+    if paths.exists(rej_path):
+        rows = pq.read_table(io.BytesIO(paths.read_bytes(rej_path))).to_pylist()
         by = Counter((r["stage"], r["reason"]) for r in rows)
         parts.append(
             "<h2>Reject reasons</h2><table><tr><th>stage</th><th>reason</th><th>count</th>"
@@ -111,7 +118,7 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
     for shard in m["shards"]:
         if shown >= max_samples:
             break
-        for key, members in _samples(root / shard["name"], max_samples - shown):
+        for key, members in _samples(paths.join(root, shard["name"]), max_samples - shown):
             shown += 1
             meta = json.loads(members.get("json", b"{}"))
             text = e(meta.get("instruction") or meta.get("caption") or "")
@@ -138,6 +145,6 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
                 f"<div class='s'><b>{e(key)}</b> {e(meta.get('task', ''))}<p>{text}</p>"
                 f"<div style='display:flex;gap:4px;flex-wrap:wrap'>{''.join(imgs)}</div></div>"
             )
-    out_path = Path(out) if out else root / "inspect.html"
-    out_path.write_text("\n".join(parts), encoding="utf-8")
+    out_path = str(out) if out else paths.join(root, "inspect.html")
+    paths.write_bytes(out_path, "\n".join(parts).encode("utf-8"), mime_type="text/html")
     return out_path

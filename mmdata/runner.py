@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -194,6 +193,44 @@ def unknown_beam_args(args: list[str]) -> list[str]:
     return [a for a in unknown if a.startswith("-")]
 
 
+_SECRET_WORDS = (
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "credential",
+    "access_key",
+    "api_key",
+    "apikey",
+    "private_key",
+    "auth",
+)
+
+
+def redact_args(args: list[str] | None) -> list[str]:
+    """`args` with the values of secret-looking options (`--s3_secret_access_key=...`,
+    `--aws_session_token ...`: names holding secret, password, token, credential, access_key, api_key,
+    private_key or auth) replaced by `***`, for logs."""
+    out: list[str] = []
+    hide_next = False
+    for a in args or []:
+        if hide_next and not a.startswith("-"):
+            out.append("***")
+            hide_next = False
+            continue
+        hide_next = False
+        name, eq, _ = a.partition("=")
+        secret = a.startswith("-") and any(
+            w in name.lower().replace("-", "_") for w in _SECRET_WORDS
+        )
+        if secret and eq:
+            out.append(f"{name}=***")
+        else:
+            out.append(a)
+            hide_next = secret
+    return out
+
+
 def run_pipeline(
     build: Callable[[beam.Pipeline], Any],
     beam_args: list[str] | None = None,
@@ -227,7 +264,9 @@ def _close_dask_client() -> None:
 
 def summarize(output: str) -> str:
     """A short human summary of a dataset's manifest."""
-    m = json.loads(Path(output, "manifest.json").read_text())
+    from mmdata.io import paths
+
+    m = json.loads(paths.read_text(paths.join(output, "manifest.json")))
     lines = [f"dataset: {output}"]
     order = m.get("stages", []) + sorted(set(m["counts"]) - set(m.get("stages", [])))
     for stage in order:

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from mmdata.config import DemoConfig, IngestJobConfig, add_config_flags, config_from_args
-from mmdata.runner import summarize
+from mmdata.runner import redact_args, summarize
 
 log = logging.getLogger("mmdata")
 
@@ -19,7 +19,7 @@ def _demo(args: argparse.Namespace, beam_args: list[str]) -> int:
         "demo: input=%s output=%s runner args=%s",
         cfg.input or "<bundled sample corpus>",
         cfg.output,
-        beam_args or "[DirectRunner]",
+        redact_args(beam_args) or "[DirectRunner]",
     )
     demo.run(cfg, beam_args, overwrite=args.overwrite)
     print(summarize(cfg.output))
@@ -39,7 +39,9 @@ def _ingest(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.inspect import write_report
+    from mmdata.io.paths import use_options
 
+    use_options(beam_args)  # an object store's endpoint and keys, for a dataset there
     out = write_report(args.dataset, args.out, max_samples=args.max_samples)
     print(f"Report written to: {out}")
     return 0
@@ -72,8 +74,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p, IngestJobConfig)
     p.set_defaults(func=_ingest, accepts_beam_args=True)
 
-    p = sub.add_parser("inspect", help="write a self-contained HTML page showing a dataset")
-    p.add_argument("dataset", help="dataset folder (with manifest.json)")
+    p = sub.add_parser(
+        "inspect",
+        help="write a self-contained HTML page showing a dataset",
+        description="Write a self-contained HTML page of a dataset (local folder or object-store "
+        "prefix): per-stage counts, reject reasons, task mixture and sample thumbnails. Beam "
+        "filesystem options (--s3_endpoint_url, ...) pass through for datasets in object stores.",
+    )
+    p.add_argument("dataset", help="dataset folder or gs:// / s3:// prefix (with manifest.json)")
     p.add_argument("--out", default=None, help="HTML file (default: <dataset>/inspect.html)")
     p.add_argument(
         "--max_samples",
@@ -81,4 +89,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=48,
         help="most samples shown (taken from the first shards in order)",
     )
-    p.set_defaults(func=_inspect)
+    p.set_defaults(func=_inspect, accepts_beam_args=True)

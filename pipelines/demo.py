@@ -6,6 +6,7 @@ import apache_beam as beam
 
 from mmdata.config import DemoConfig, to_dict
 from mmdata.core.templates import load_templates
+from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
 from mmdata.io.shards import WriteShards, prepare_output
 from mmdata.runner import run_pipeline
@@ -54,5 +55,6 @@ def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
 def run(
     cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None
 ) -> None:
+    use_options(beam_args)  # an object store's endpoint and keys reach the output checks
     prepare_output(cfg.output, cfg.input or str(sample_corpus_dir()), cfg.input_kind)
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from mmdata.config import IngestJobConfig, to_dict
+from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
 from mmdata.io.shards import WriteShards, prepare_output
 from mmdata.runner import run_pipeline
@@ -43,5 +44,6 @@ def run(
     overwrite: bool = False,
     test_pipeline=None,
 ) -> None:
+    use_options(beam_args)  # an object store's endpoint and keys reach the output checks
     prepare_output(cfg.output, cfg.input, cfg.input_kind)
     run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)

@@ -521,14 +521,17 @@ def detect_kind(path: str) -> tuple[str, str]:
         return "manifest", path
     if ext == "tar":
         return "webdataset", path
-    if not FileSystems.exists(path):
+    root = path.rstrip("/")
+    # an object store has no folders: a prefix exists when objects lie under it
+    if not FileSystems.exists(path) and (
+        is_local(path) or not FileSystems.match([root + "/*"])[0].metadata_list
+    ):
         raise FileNotFoundError(f"input {path!r} does not exist")
     if is_local(path) and os.path.isfile(path):
         raise ValueError(
             f"input {path!r} is a file but not a manifest (.parquet/.csv/.tsv/.jsonl/.json) or a .tar "
             "shard; give the folder that holds the images"
         )
-    root = path.rstrip("/")
     if not FileSystems.match([root + "/*.tar"])[0].metadata_list:
         return "folder", path
     images = [

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.keys import shard_key, shard_name
+from mmdata.io.paths import join, list_names, write_bytes
 from mmdata.io.sourcebytes import is_local
 from mmdata.io.wds_writer import tarwriter
 
@@ -167,10 +167,9 @@ def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
+    """A temporary name renamed when complete (local); a single upload, which an object store shows only
+    once complete, for `scheme://` paths (there a rename is a copy and a delete)."""
+    write_bytes(path, data)
 
 
 def _parquet_bytes(
@@ -299,10 +298,16 @@ OUTPUT_MARKER = ".mmdata-dataset"
 
 
 def _source_folder(source: str, kind: str) -> str | None:
-    """The local folder whose files a job reads: a folder input, or the folder of `.tar` shards
-    (a folder, a glob or one file). None for manifests, whose rows may point anywhere."""
+    """The folder whose files a job reads: a folder input, or the folder of `.tar` shards (a folder, a
+    glob or one file). None for manifests, whose rows may point anywhere. Local folders are absolute;
+    `scheme://` prefixes are as given, without a trailing slash."""
     if kind == "manifest":
         return None
+    if not is_local(source):
+        src = source.rstrip("/")
+        if kind == "webdataset" or src.endswith(".tar") or "*" in src:
+            return src.rsplit("/", 1)[0]
+        return src if "." not in src.rsplit("/", 1)[-1] else None
     if os.path.isdir(source):
         return os.path.abspath(source)
     if kind == "webdataset" or source.endswith(".tar"):
@@ -317,30 +322,44 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
     but is not an mmdata dataset (no `manifest.json` and no `.mmdata-dataset` marker), since the job
     replaces shard-named files there; an output in or inside the folder a source reads (a folder, or
     the folder of `.tar` shards given as a folder, glob or file): the job would replace its own input
-    or the next run would read its shards as input. Remote outputs (`gs://`, ...) are not checked.
+    or the next run would read its shards as input. The same checks hold for object-store outputs
+    (`gs://`, `s3://`: a prefix), through Beam's filesystems; call `mmdata.io.paths.use_options`
+    first there, so they reach the store the job will write to.
     """
-    if not is_local(output):
-        return
-    out = os.path.abspath(output)
-    if os.path.isfile(out):
+    local = is_local(output)
+    out = os.path.abspath(output) if local else output.rstrip("/")
+    sep = os.sep if local else "/"
+    if local and os.path.isfile(out):
         raise ValueError(
             f"output {output!r} is a file; give a folder (new, empty or an mmdata dataset)"
         )
-    src = _source_folder(source, source_kind) if source and is_local(source) else None
-    if src and (out == src or out.startswith(src.rstrip(os.sep) + os.sep)):
+    src = None
+    if source and is_local(source) == local:
+        src = _source_folder(source, source_kind)
+    if src and (out == src or out.startswith(src.rstrip(sep) + sep)):
         raise ValueError(
             f"output {output!r} is inside the input folder {source!r}: the job would replace or "
             "the next run would read its own shards as input; write the dataset somewhere else"
         )
-    if os.path.isdir(out):
-        entries = set(os.listdir(out))
-        if entries and not entries & {"manifest.json", OUTPUT_MARKER}:
+    if local:
+        entries = set(os.listdir(out)) if os.path.isdir(out) else set()
+    else:
+        entries = list_names(out)
+        if not entries and FileSystems.exists(out):
             raise ValueError(
-                f"output folder {output!r} holds files but is not an mmdata dataset (no manifest.json); "
-                "the job would replace shard-named files there: give a new or empty folder"
+                f"output {output!r} is an object, not a folder (prefix); give a new prefix or an "
+                "mmdata dataset"
             )
-    os.makedirs(out, exist_ok=True)
-    marker = os.path.join(out, OUTPUT_MARKER)
-    if not os.path.exists(marker):
-        with open(marker, "w", encoding="utf-8") as f:
-            f.write("An mmdata dataset folder (shards, manifest.json, rejects.parquet).\n")
+    if entries and not entries & {"manifest.json", OUTPUT_MARKER}:
+        raise ValueError(
+            f"output folder {output!r} holds files but is not an mmdata dataset (no manifest.json); "
+            "the job would replace shard-named files there: give a new or empty folder"
+        )
+    if local:
+        os.makedirs(out, exist_ok=True)
+    if OUTPUT_MARKER not in entries:
+        write_bytes(
+            join(out, OUTPUT_MARKER),
+            b"An mmdata dataset folder (shards, manifest.json, rejects.parquet).\n",
+            mime_type="text/plain",
+        )

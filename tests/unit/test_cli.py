@@ -44,7 +44,7 @@ def test_beam_options_pass_through_only_for_jobs():
     )
     assert args.accepts_beam_args and rest == ["--runner=DirectRunner", "--direct_num_workers=2"]
     with pytest.raises(SystemExit):
-        main(["inspect", "x", "--runner=DirectRunner"])
+        main(["weights", "list", "--runner=DirectRunner"])  # not a job: no Beam options
 
 
 def test_clear_errors_not_tracebacks(tmp_path):
@@ -104,3 +104,31 @@ def test_job_options_keep_one_view_per_class_and_share_values():
     std.streaming = True
     assert opts.get_all_options()["streaming"] is True
     assert opts.view_as(DirectOptions).view_as(StandardOptions).streaming is True
+
+
+def test_secret_options_are_redacted_for_logs():
+    from mmdata.runner import redact_args
+
+    args = [
+        "--s3_secret_access_key=abc",
+        "--s3_access_key_id",
+        "AKIA123",
+        "--aws-session-token=tok",
+        "--runner=DirectRunner",
+        "--direct_num_workers",
+        "2",
+        "--api_key",
+        "--dry_run",
+    ]
+    assert redact_args(args) == [
+        "--s3_secret_access_key=***",
+        "--s3_access_key_id",
+        "***",
+        "--aws-session-token=***",
+        "--runner=DirectRunner",
+        "--direct_num_workers",
+        "2",
+        "--api_key",  # a flag without a value: nothing to hide, and the next option is kept
+        "--dry_run",
+    ]
+    assert redact_args(None) == []

@@ -28,7 +28,7 @@ def test_stage_table_follows_the_manifest_stages(tmp_path: Path) -> None:
     m = _manifest(chain, counts)
     # written as the pipelines write it: sorted keys, so `counts` reads alphabetically
     (tmp_path / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
-    html = write_report(tmp_path).read_text()
+    html = Path(write_report(tmp_path)).read_text()
     table = html.split("<h2>Per-stage counts</h2>", 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr><td>([^<]+)</td>", table)
     assert rows == [*chain, "aux", "extra"]

@@ -1,0 +1,72 @@
+"""Whole-file reads and writes of a dataset's small files (manifest, sidecars, report) through Beam's
+FileSystems, so a dataset in an object store (`gs://`, `s3://`) is read and written like a local one.
+
+Beam builds an object store's client from the pipeline options it was last given
+(`FileSystems.set_options`): endpoint, credentials, region. A job sets them when its pipeline is made;
+code that touches a dataset before or without a pipeline calls `use_options(beam_args)` first, else
+the client would be built with default options (the provider's public endpoint).
+"""
+
+from __future__ import annotations
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from mmdata.io.sourcebytes import is_local
+
+
+def use_options(beam_args: list[str] | None) -> None:
+    """Give Beam's filesystems the pipeline options in `beam_args` (object-store endpoint, keys...)."""
+    from mmdata.runner import pipeline_options
+
+    FileSystems.set_options(pipeline_options(beam_args))
+
+
+def join(root: str, *parts: str) -> str:
+    """`root/part/...` for a local folder or a `scheme://` prefix."""
+    return FileSystems.join(root.rstrip("/") if not is_local(root) else root, *parts)
+
+
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes as stored (no decompression by extension). FileNotFoundError if absent."""
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(path)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write the whole file (replacing it). Local files are written under a temporary name and renamed;
+    object stores make an object visible only once its upload is complete."""
+    import uuid
+
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}" if is_local(path) else path
+    with FileSystems.create(
+        tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        f.write(data)
+    if tmp != path:
+        FileSystems.rename([tmp], [path])
+
+
+def list_names(folder: str) -> set[str]:
+    """Names of the files directly in `folder` (empty if it does not exist)."""
+    pattern = join(folder, "*")
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception:  # noqa: BLE001 - Beam raises BeamIOError for a missing local folder
+        return set()
+    prefix = join(folder, "")
+    return {
+        m.path[len(prefix) :]
+        for m in found
+        if m.path.startswith(prefix) and "/" not in m.path[len(prefix) :]
+    }
