@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
 from mmdata.core.keys import slug_key
+from mmdata.io import paths
 from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
 from mmdata.records import RawRecord
 
@@ -69,8 +70,11 @@ def _read_bytes(
                 if len(data) == size <= max_bytes:  # the file grew since fstat: read to the limit
                     data += f.read(max_bytes + 1 - size)
                     stamp = None
+        elif not _compressed(path):
+            with paths.open_read(path) as f:  # an object store's file (one client per thread)
+                data = f.read(max_bytes + 1)
         else:
-            with FileSystems.open(path) as f:
+            with FileSystems.open(path) as f:  # decompressed by extension
                 data = f.read(max_bytes + 1)
     except Exception as e:  # noqa: BLE001 - unreadable file is a reject
         return None, ("unreadable_file", f"{type(e).__name__}: {e}")
@@ -289,7 +293,7 @@ class _ManifestRowFn(beam.DoFn):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         metadata["path"] = path
         try:
-            exists = FileSystems.exists(path)
+            exists = paths.exists(path)
         except ValueError as e:
             # no Beam filesystem for the scheme (gs:// without apache-beam[gcp])
             yield record(None, ("unsupported_filesystem", f"{path}: {e}"))
