@@ -8,14 +8,24 @@ import re
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]+")
 
 
-def slug_key(path: str) -> str:
-    """A readable record key from a relative path: extension dropped, anything but [A-Za-z0-9_-] -> '_'.
+def slug(text: str) -> str:
+    """A readable key from `text` as it is (no extension handling): runs of anything but [A-Za-z0-9_-]
+    become '_'. Keys never contain dots (webdataset splits member names at the first dot).
 
-    Keys never contain dots (webdataset splits member names at the first dot).
-    """
+    Punctuation, spaces, dots and '/' become '_' as they are; a text with other characters (non-ASCII
+    letters, which would all vanish: `猫` and `犬` would both be `_`) gets 8 hex digits of its hash
+    appended, so distinct names keep distinct keys: `été` -> `t_<hash>`, `猫` -> `<hash>`."""
+    key = _UNSAFE.sub("_", text.strip("/")).strip("_")
+    if not text.isascii() or not key:
+        key = f"{key}_{stable_hash(text, n=8)}" if key else stable_hash(text, n=8)
+    return key
+
+
+def slug_key(path: str) -> str:
+    """`slug` of a relative file path with its extension (the text after the last dot of the file name)
+    dropped: `emoji/noto/1f680.png` -> `emoji_noto_1f680`, `clip.0001.png` -> `clip_0001`."""
     stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
-    key = _UNSAFE.sub("_", stem.strip("/")).strip("_")
-    return key or "_"
+    return slug(stem)
 
 
 def stable_hash(*parts: str, n: int = 32) -> str:

@@ -16,6 +16,7 @@ where the matching Beam extras are installed.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -30,14 +31,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
-from mmdata.core.keys import slug_key
+from mmdata.core.keys import slug, slug_key, stable_hash
 from mmdata.io import paths
 from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
 from mmdata.records import RawRecord
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 SIDECAR_EXTS = {"json", "txt"}
-IGNORED_PREFIXES = ("readme", "license", "attribution", ".")
+# Documentation files a folder of images often carries (README, LICENSE.txt, ATTRIBUTION.txt; and
+# any .md / .jsonl): skipped by their whole stem, never when they are images. Hidden files and anything under a hidden folder (`.git/`, `.thumbnails/`)
+# are skipped too.
+IGNORED_PREFIXES = ("readme", "license", "licence", "attribution")
 
 
 def _split_ext(path: str) -> tuple[str, str]:
@@ -93,7 +97,7 @@ def _parse_sidecar_json(
     data: bytes, caption_field: str
 ) -> tuple[Any, dict[str, Any], tuple[str, str] | None]:
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8-sig"))  # a UTF-8 BOM (Windows tools) is dropped
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, {}, ("bad_sidecar", f"json sidecar does not parse: {e}")
     if not isinstance(doc, dict):
@@ -136,7 +140,7 @@ class _FolderGroupFn(beam.DoFn):
             for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
                 for path, _ in by_ext[ext]:
                     yield RawRecord(
-                        key=slug_key(rel_stem),
+                        key=slug(rel_stem),
                         source=path,
                         image=None,
                         caption=None,
@@ -159,10 +163,14 @@ class _FolderGroupFn(beam.DoFn):
             metadata["caption_sidecar"] = "json"
         if caption is None and error is None:
             error = ("caption_missing", "no .txt or .json sidecar with a caption")
-        for n, ext in enumerate(images):
-            path, size = by_ext[ext][0]
-            # Two images with one stem (a.png + a.jpg) share the sidecar; keys stay distinct.
-            key = slug_key(rel_stem) + ("" if n == 0 else f"_{ext}")
+        # Two images with one stem (a.png + a.jpg, or a.png + a.PNG) share the sidecar; keys stay
+        # distinct: the first keeps the stem's key, the others add their extension as written.
+        numbered = [(ext, path, size) for ext in images for path, size in by_ext[ext]]
+        for n, (ext, path, size) in enumerate(numbered):
+            written = path.rsplit(".", 1)[-1]
+            key = slug(rel_stem) + ("" if n == 0 else f"_{slug(written)}")
+            if n and written != ext:  # a.PNG beside a.png: keep the case apart
+                key += f"_{stable_hash(written, n=4)}"
             image, read_error = (
                 (None, error)
                 if error
@@ -180,11 +188,15 @@ class _FolderGroupFn(beam.DoFn):
 
 
 class _Source(beam.PTransform):
-    """A reader of `pattern` (a folder, or a file glob) with the ingest config."""
+    """A reader of `pattern` (a folder, or a file glob) with the ingest config.
 
-    def __init__(self, pattern: str, cfg: IngestConfig | None = None):
+    `root` is the folder or file as named, when `pattern` is it with glob characters escaped (a folder
+    `photos [2024]` is read as itself, not as a pattern); records' keys are relative to it."""
+
+    def __init__(self, pattern: str, cfg: IngestConfig | None = None, root: str | None = None):
         super().__init__()
         self.pattern = pattern.rstrip("/")
+        self.root = (root or pattern).rstrip("/")
         self.cfg = cfg or IngestConfig()
 
 
@@ -192,10 +204,16 @@ class ReadFolder(_Source):
     """Image files under the folder `pattern` (recursively) with their sidecar captions."""
 
     def expand(self, pbegin):
+        root = self.root
+
         def keyed(meta) -> Iterator[tuple[str, tuple[str, str, int]]]:
             base = posixpath.basename(meta.path)
-            if base.lower().startswith(IGNORED_PREFIXES) or base.lower().endswith(
-                (".md", ".jsonl")
+            rel = meta.path[len(root) :].lstrip("/")
+            if any(part.startswith(".") for part in rel.split("/")):
+                return  # hidden files and everything under hidden folders
+            name_stem, name_ext = _split_ext(base.lower())
+            if name_ext not in IMAGE_EXTS and (
+                name_stem in IGNORED_PREFIXES or name_ext in ("md", "jsonl")
             ):
                 return
             stem, ext = _split_ext(meta.path)
@@ -206,7 +224,7 @@ class ReadFolder(_Source):
             | "Match" >> fileio.MatchFiles(self.pattern + "/**")
             | "ByStem" >> beam.FlatMap(keyed)
             | "GroupStem" >> beam.GroupByKey()
-            | "Records" >> beam.ParDo(_FolderGroupFn(self.pattern, self.cfg))
+            | "Records" >> beam.ParDo(_FolderGroupFn(self.root, self.cfg))
         )
 
 
@@ -263,7 +281,7 @@ class _ManifestRowFn(beam.DoFn):
             return
         cfg = self.cfg
         key = row.get(cfg.key_field)
-        key = slug_key(str(key)) if key not in (None, "") else default_key
+        key = slug(str(key)) if key not in (None, "") else default_key  # a key has no extension
         path = row.get(cfg.path_field)
         caption = row.get(cfg.caption_field)
         metadata = {
@@ -288,6 +306,13 @@ class _ManifestRowFn(beam.DoFn):
 
         if not isinstance(path, str) or not path:
             yield record(None, ("missing_path", f"no {cfg.path_field!r} in row"))
+            return
+        if isinstance(caption, float) and caption != caption:  # NaN: pandas' missing value
+            caption = None
+        if caption is not None and not isinstance(caption, (str, bytes)):
+            # as for JSON sidecars: a list, number or object is not a caption ("nan", "['a', 'b']")
+            kind = type(caption).__name__
+            yield record(None, ("caption_not_text", f"{cfg.caption_field!r} is a {kind}, not text"))
             return
         if is_local(path) and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
@@ -414,7 +439,7 @@ class _TarFn(beam.DoFn):
                         )
                         continue
                     key, ext = base.split(".", 1)
-                    key = slug_key(posixpath.join(posixpath.dirname(name), key))
+                    key = slug(posixpath.join(posixpath.dirname(name), key))
                     if key != group_key:
                         yield from flush()
                         group, group_key = {}, key
@@ -521,10 +546,11 @@ def detect_kind(path: str) -> tuple[str, str]:
     is refused (ingest reads folders of images, not one image).
     """
     ext = _split_ext(path)[1]
+    literal = _literal(path)
     if ext in ("parquet", "csv", "tsv", "jsonl", "ndjson", "json"):
-        return "manifest", path
+        return "manifest", literal
     if ext == "tar":
-        return "webdataset", path
+        return "webdataset", literal
     root = path.rstrip("/")
     # an object store has no folders: a prefix exists when objects lie under it
     if not FileSystems.exists(path) and (
@@ -536,11 +562,12 @@ def detect_kind(path: str) -> tuple[str, str]:
             f"input {path!r} is a file but not a manifest (.parquet/.csv/.tsv/.jsonl/.json) or a .tar "
             "shard; give the folder that holds the images"
         )
-    if not FileSystems.match([root + "/*.tar"])[0].metadata_list:
-        return "folder", path
+    pat = _literal(root)
+    if not FileSystems.match([pat + "/*.tar"])[0].metadata_list:
+        return "folder", pat
     images = [
         m.path
-        for m in FileSystems.match([root + "/*"])[0].metadata_list
+        for m in FileSystems.match([pat + "/*"])[0].metadata_list
         if _split_ext(m.path)[1] in IMAGE_EXTS
     ]
     if images:
@@ -548,7 +575,25 @@ def detect_kind(path: str) -> tuple[str, str]:
             f"input folder {path!r} holds both .tar shards and loose images (e.g. {images[0]}); "
             "say which to read with --input_kind webdataset or --input_kind folder"
         )
-    return "webdataset", root + "/*.tar"
+    return "webdataset", pat + "/*.tar"
+
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def _literal(path: str) -> str:
+    """`path` as a match pattern: an existing local path with glob characters (`photos [2024]`) is
+    escaped, so it is read as itself; a missing local path without glob characters is refused here
+    (`FileNotFoundError`) rather than matching nothing; a glob that matches nothing is refused too."""
+    if not is_local(path):
+        return path
+    if os.path.exists(path):
+        return glob.escape(path) if any(c in path for c in _GLOB_CHARS) else path
+    if not any(c in path for c in _GLOB_CHARS):
+        raise FileNotFoundError(f"input {path!r} does not exist")
+    if not glob.glob(path, recursive=True):
+        raise FileNotFoundError(f"no files match the input pattern {path!r}")
+    return path
 
 
 def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) -> beam.PTransform:
@@ -559,21 +604,22 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
     """
     if is_local(path):
         path = os.path.abspath(path) + ("/" if path.endswith("/") else "")
+    root = path
     if kind == "auto":
         kind, pattern = detect_kind(path)
     else:
-        pattern = path
-        if kind == "webdataset" and not path.endswith(".tar"):
-            pattern = path.rstrip("/") + "/*.tar"
+        pattern = _literal(path)
+        if kind == "webdataset" and not path.endswith((".tar", ".tar.gz", ".tgz")):
+            pattern = pattern.rstrip("/") + "/*.tar"
         if is_local(path):
             if kind == "manifest" and os.path.isdir(path):
                 raise ValueError(f"input_kind manifest needs a file or glob, {path!r} is a folder")
             if kind == "folder" and os.path.isfile(path):
                 raise ValueError(f"input_kind folder needs a folder, {path!r} is a file")
     if kind == "folder":
-        return ReadFolder(pattern, cfg)
+        return ReadFolder(pattern, cfg, root=root)
     if kind == "manifest":
-        return ReadManifest(pattern, cfg)
+        return ReadManifest(pattern, cfg, root=root)
     if kind == "webdataset":
-        return ReadWebDataset(pattern, cfg)
+        return ReadWebDataset(pattern, cfg, root=root)
     raise ValueError(f"unknown input kind {kind!r}")
