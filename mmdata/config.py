@@ -192,6 +192,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
             continue
         value, hint = data[f.name], hints[f.name]
         if dataclasses.is_dataclass(hint):
+            if value is None:  # an empty YAML section (`ingest:` with its keys commented out)
+                value = {}
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}{f.name} must be a mapping")
             kwargs[f.name] = from_dict(hint, value, f"{path}{f.name}.")
@@ -303,7 +305,16 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in nested dicts; an empty section (None, as YAML gives `a:` with nothing under it)
+    becomes a mapping, a section that is not one raises ConfigError naming it."""
     *parents, last = dotted.split(".")
+    where = ""
     for p in parents:
-        data = data.setdefault(p, {})
+        where += p
+        if data.get(p) is None:
+            data[p] = {}
+        elif not isinstance(data[p], dict):
+            raise ConfigError(f"{where} must be a mapping")
+        data = data[p]
+        where += "."
     data[last] = value

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from mmdata.io import paths
 
 THUMB = 128
+MISSING = "missing: the manifest lists it, the dataset has no such file"
 
 
 def _thumb(data: bytes) -> str:
@@ -34,27 +36,77 @@ def _thumb(data: bytes) -> str:
         return f'<span class="err">undecodable ({html.escape(type(e).__name__)})</span>'
 
 
-def _samples(tar_path: str, limit: int):
-    """(key, {field: bytes}) per sample, in tar order (the shard is streamed: local or object store)."""
+class _Counting:
+    """A read-only stream that counts the bytes read through it (where a damaged shard stops)."""
+
+    def __init__(self, f):
+        self.f = f
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.pos += len(data)
+        return data
+
+
+def _samples(tar_path: str, limit: int, problems: list[str] | None = None):
+    """(key, {field: bytes}) per sample, in tar order (the shard is streamed: local or object store).
+
+    A member whose name has no `.` (not `<key>.<field>`) is skipped and described in `problems`. A
+    damaged tar raises `tarfile.TarError` (or OSError) after the samples read before the damage; its
+    message says at which byte reading stopped."""
     cur, members = None, {}
-    with (
-        FileSystems.open(tar_path, compression_type=CompressionTypes.UNCOMPRESSED) as f,
-        tarfile.open(fileobj=f, mode="r|") as tar,
-    ):
-        for ti in tar:
-            if not ti.isreg():
-                continue
-            key, field = ti.name.split(".", 1)
-            if key != cur:
-                if cur is not None:
-                    yield cur, members
-                    limit -= 1
-                    if limit <= 0:
-                        return
-                cur, members = key, {}
-            members[field] = tar.extractfile(ti).read()
+    with FileSystems.open(tar_path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        f = _Counting(raw)
+        try:
+            with tarfile.open(fileobj=f, mode="r|") as tar:
+                for ti in tar:
+                    if not ti.isreg():
+                        continue
+                    key, dot, field = ti.name.partition(".")
+                    if not dot:
+                        if problems is not None:
+                            problems.append(
+                                f"unexpected member {ti.name!r} (not <key>.<field>), skipped"
+                            )
+                        continue
+                    if key != cur:
+                        if cur is not None:
+                            yield cur, members
+                            limit -= 1
+                            if limit <= 0:
+                                return
+                        cur, members = key, {}
+                    members[field] = tar.extractfile(ti).read()
+        except tarfile.TarError as err:
+            raise tarfile.TarError(f"{err} (after {f.pos} bytes)") from err
     if cur is not None:
         yield cur, members
+
+
+def _sizes(root: str) -> dict[str, int] | None:
+    """name -> size of the files directly under `root` (one listing), or None if it cannot be listed."""
+    try:
+        found = FileSystems.match([paths.join(root, "*")])[0].metadata_list
+    except Exception:  # noqa: BLE001 - Beam raises BeamIOError for a missing local folder
+        return None
+    prefix = paths.join(root, "")
+    return {
+        m.path[len(prefix) :]: m.size_in_bytes
+        for m in found
+        if m.path.startswith(prefix) and "/" not in m.path[len(prefix) :]
+    }
+
+
+def _report_path(root: str, out: str | Path | None) -> str:
+    """Where the report goes: `out`, or `inspect.html` inside it when `out` is an existing folder (or a
+    `scheme://` prefix ending in `/`); by default `inspect.html` in the dataset."""
+    if not out:
+        return paths.join(root, "inspect.html")
+    out = str(out)
+    if "://" in out:
+        return paths.join(out, "inspect.html") if out.endswith("/") else out
+    return os.path.join(out, "inspect.html") if os.path.isdir(out) else out
 
 
 def stage_order(manifest: dict) -> list[str]:
@@ -113,38 +165,93 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
                 f"<tr><td>{e(stage)}</td><td>{e(reason)}</td><td>{n}</td><td>{exs}</td></tr>"
             )
         parts.append("</table>")
-    parts.append("<h2>Samples</h2>")
+    problems: list[tuple[str, str]] = []  # (shard, what is wrong)
+    sizes = _sizes(root)
+    for shard in m["shards"]:
+        name = shard["name"]
+        if sizes is None:
+            break
+        if name not in sizes:
+            problems.append((name, MISSING))
+        elif shard.get("bytes") is not None and sizes[name] != shard["bytes"]:
+            problems.append(
+                (
+                    name,
+                    f"{sizes[name]} bytes, the manifest records {shard['bytes']}: truncated or replaced",
+                )
+            )
+    missing = {n for n, what in problems if what == MISSING}
+    samples: list[str] = []
     shown = 0
     for shard in m["shards"]:
         if shown >= max_samples:
             break
-        for key, members in _samples(paths.join(root, shard["name"]), max_samples - shown):
-            shown += 1
-            meta = json.loads(members.get("json", b"{}"))
-            text = e(meta.get("instruction") or meta.get("caption") or "")
-            for c in meta.get("context", []):
-                text = text.replace(e(c["marker"]), f"<span class='m'>{e(c['marker'])}</span>")
-            imgs = [
-                f"<div>target<br>{_thumb(v)}</div>"
-                for f, v in members.items()
-                if f.startswith("target")
-            ]
-            if not imgs:
-                imgs = [
-                    f"<div>{_thumb(v)}</div>"
-                    for f, v in members.items()
-                    if f in ("png", "jpg", "webp")
-                ]
-            for c in meta.get("context", []):
-                data = members.get(c["field"])
-                imgs.append(
-                    f"<div>{e(c['marker'])} {e(c['role'])}<br>{_thumb(data) if data else '(missing)'}"
-                    f"<br><small>{e(c['text'])}</small></div>"
-                )
-            parts.append(
-                f"<div class='s'><b>{e(key)}</b> {e(meta.get('task', ''))}<p>{text}</p>"
-                f"<div style='display:flex;gap:4px;flex-wrap:wrap'>{''.join(imgs)}</div></div>"
+        name = shard["name"]
+        if name in missing:
+            continue
+        notes: list[str] = []
+        wanted, got = max_samples - shown, 0
+        try:
+            for key, members in _samples(paths.join(root, name), wanted, notes):
+                shown += 1
+                got += 1
+                samples.append(_sample_html(key, members, name, problems))
+            if got < wanted and shard.get("samples") not in (None, got):
+                notes.append(f"holds {got} samples, the manifest records {shard['samples']}")
+        except FileNotFoundError:
+            problems.append((name, MISSING))
+        except (tarfile.TarError, OSError, EOFError, ValueError) as err:
+            problems.append((name, f"cannot be read: {type(err).__name__}: {err}"))
+        problems += [(name, n) for n in notes]
+    if problems:
+        parts.append(
+            "<h2 class='err'>Problems</h2><table><tr><th>shard</th><th>problem</th></tr>"
+            + "".join(
+                f"<tr><td>{e(name)}</td><td class='err'>{e(what)}</td></tr>"
+                for name, what in problems
             )
-    out_path = str(out) if out else paths.join(root, "inspect.html")
+            + "</table>"
+        )
+    parts.append("<h2>Samples</h2>")
+    parts += samples
+    out_path = _report_path(root, out)
     paths.write_bytes(out_path, "\n".join(parts).encode("utf-8"), mime_type="text/html")
     return out_path
+
+
+def _sample_html(
+    key: str, members: dict[str, bytes], shard: str, problems: list[tuple[str, str]]
+) -> str:
+    """One sample's card; a `<key>.json` that is not a JSON object is listed in `problems`."""
+    e = html.escape
+    try:
+        meta = json.loads(members.get("json", b"{}"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        problems.append((shard, f"{key}.json is not valid sample metadata: {err}"))
+        meta = {}
+    context = [c for c in meta.get("context") or [] if isinstance(c, dict)]
+    text = e(str(meta.get("instruction") or meta.get("caption") or ""))
+    for c in context:
+        marker = e(str(c.get("marker", "")))
+        if marker:
+            text = text.replace(marker, f"<span class='m'>{marker}</span>")
+    imgs = [
+        f"<div>target<br>{_thumb(v)}</div>" for f, v in members.items() if f.startswith("target")
+    ]
+    if not imgs:
+        imgs = [
+            f"<div>{_thumb(v)}</div>" for f, v in members.items() if f in ("png", "jpg", "webp")
+        ]
+    for c in context:
+        data = members.get(str(c.get("field", "")))
+        imgs.append(
+            f"<div>{e(str(c.get('marker', '')))} {e(str(c.get('role', '')))}<br>"
+            f"{_thumb(data) if data else '(missing)'}"
+            f"<br><small>{e(str(c.get('text', '')))}</small></div>"
+        )
+    return (
+        f"<div class='s'><b>{e(key)}</b> {e(str(meta.get('task', '')))}<p>{text}</p>"
+        f"<div style='display:flex;gap:4px;flex-wrap:wrap'>{''.join(imgs)}</div></div>"
+    )

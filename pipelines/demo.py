@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from mmdata.config import DemoConfig, to_dict
-from mmdata.core.templates import load_templates
+from mmdata.core.templates import Template, load_templates
 from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
 from mmdata.io.shards import WriteShards, prepare_output
@@ -19,15 +19,22 @@ from mmdata.transforms.quality import QualityFilter
 STAGES = ["ingest", "unique_keys", "quality", "txt2img"]
 
 
-def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
-    """Wire the demo job into `p`; returns the manifest PCollection."""
+def build(
+    p: beam.Pipeline,
+    cfg: DemoConfig,
+    overwrite: bool = False,
+    reader: beam.PTransform | None = None,
+    templates: list[Template] | None = None,
+):
+    """Wire the demo job into `p`; returns the manifest PCollection. `reader` and `templates` are the
+    source reader and txt2img templates when the caller already made them (`run` does, to check the
+    input and templates before it touches the output)."""
     source = cfg.input or str(sample_corpus_dir())
-    templates = load_templates("txt2img", cfg.templates_dir or None)
-    ing = (
-        p
-        | "Read" >> read_source(source, cfg.input_kind, cfg.ingest)
-        | "Ingest" >> Ingest(cfg.ingest)
-    )
+    if templates is None:
+        templates = load_templates("txt2img", cfg.templates_dir or None)
+    if reader is None:
+        reader = read_source(source, cfg.input_kind, cfg.ingest)
+    ing = p | "Read" >> reader | "Ingest" >> Ingest(cfg.ingest)
     qual = ing["kept"] | "Quality" >> QualityFilter(cfg.quality)
     t2i = qual["kept"] | "Txt2Img" >> BuildTxt2Img(templates, cfg.seed)
     samples = t2i["kept"]
@@ -55,6 +62,15 @@ def build(p: beam.Pipeline, cfg: DemoConfig, overwrite: bool = False):
 def run(
     cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None
 ) -> None:
-    use_options(beam_args)  # an object store's endpoint and keys reach the output checks
-    prepare_output(cfg.output, cfg.input or str(sample_corpus_dir()), cfg.input_kind)
-    run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)
+    use_options(beam_args)  # an object store's endpoint and keys reach the input and output checks
+    source = cfg.input or str(sample_corpus_dir())
+    # the checks that can refuse the run (input missing or ambiguous, templates missing or invalid)
+    # come before prepare_output creates and marks the output folder
+    reader = read_source(source, cfg.input_kind, cfg.ingest)
+    templates = load_templates("txt2img", cfg.templates_dir or None)
+    prepare_output(cfg.output, source, cfg.input_kind)
+    run_pipeline(
+        lambda p: build(p, cfg, overwrite, reader=reader, templates=templates),
+        beam_args,
+        test_pipeline,
+    )

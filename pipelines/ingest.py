@@ -16,12 +16,17 @@ from mmdata.transforms.manifest import WriteManifest
 STAGES = ["ingest", "unique_keys"]
 
 
-def build(p: beam.Pipeline, cfg: IngestJobConfig, overwrite: bool = False):
-    ing = (
-        p
-        | "Read" >> read_source(cfg.input, cfg.input_kind, cfg.ingest)
-        | "Ingest" >> Ingest(cfg.ingest)
-    )
+def build(
+    p: beam.Pipeline,
+    cfg: IngestJobConfig,
+    overwrite: bool = False,
+    reader: beam.PTransform | None = None,
+):
+    """Wire the ingest job into `p`; returns the manifest PCollection. `reader` is the source reader
+    when the caller already made it (`run` does, to check the input before it touches the output)."""
+    if reader is None:
+        reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
+    ing = p | "Read" >> reader | "Ingest" >> Ingest(cfg.ingest)
     pairs = ing["kept"]
     shards = (
         pairs
@@ -44,6 +49,9 @@ def run(
     overwrite: bool = False,
     test_pipeline=None,
 ) -> None:
-    use_options(beam_args)  # an object store's endpoint and keys reach the output checks
+    use_options(beam_args)  # an object store's endpoint and keys reach the input and output checks
+    # the input checks that can refuse the run (missing, ambiguous kind) come before prepare_output
+    # creates and marks the output folder
+    reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
     prepare_output(cfg.output, cfg.input, cfg.input_kind)
-    run_pipeline(lambda p: build(p, cfg, overwrite), beam_args, test_pipeline)
+    run_pipeline(lambda p: build(p, cfg, overwrite, reader=reader), beam_args, test_pipeline)

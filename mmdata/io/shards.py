@@ -9,7 +9,11 @@ Every stage writes its output with `WriteShards`. The contract:
   same bytes on every runner.
 - A shard is written under a temporary name and renamed when complete; its `.parquet` (one row per sample, and
   the tar's sha256 and size in the Parquet key-value metadata) is renamed last, so a visible `.parquet` means
-  the shard is complete. A rerun skips a shard whose sidecar already lists exactly the expected samples.
+  the shard is complete. A rerun skips a shard only when its content would be identical: the sidecar's
+  metadata holds a digest of the shard's expected content (`content_digest`: every sample's key, sort_key,
+  `<key>.json`, sidecar row and members' sha256), which must equal the digest of this run's items, and the
+  tar on disk must still hash to the sha256 the sidecar recorded (so a changed caption or image, or a shard
+  damaged in place, is rewritten). Checking a kept shard costs one streamed read of its tar.
 
 Planning needs one global step over (sort_key, size) pairs only (no image bytes): the plan is a short list of
 shard boundaries, passed to the writers as a side input. The step reads the pairs grouped by the first
@@ -35,13 +39,17 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.keys import shard_key, shard_name
-from mmdata.io.paths import join, list_names, write_bytes
+from mmdata.io.paths import join, list_names, open_read, write_bytes
 from mmdata.io.sourcebytes import is_local
 from mmdata.io.wds_writer import tarwriter
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 META_SHA = b"mmdata.tar_sha256"
 META_BYTES = b"mmdata.tar_bytes"
+META_CONTENT = b"mmdata.content_sha256"
+# Bumped when what a shard's bytes depend on changes beyond its items (the encoding), so old shards are
+# rewritten rather than kept.
+CONTENT_VERSION = b"mmdata-shard-content-v1"
 
 
 @dataclass
@@ -166,6 +174,45 @@ def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
     return buf.getvalue()
 
 
+def _json_bytes(value: Any) -> bytes:
+    # default=repr: sidecar rows may hold values JSON has no form for (bytes); the digest only needs a
+    # stable, distinguishing encoding, not a readable one
+    return json.dumps(value, sort_keys=True, default=repr).encode()
+
+
+def content_digest(samples: list[tuple[str, ShardItem]], shard: str) -> str:
+    """sha256 of everything a shard's tar and sidecar rows are made from: for each (key, item) in order,
+    the key, sort_key, `<key>.json` meta, sidecar row and each member's name and sha256 (image bytes are
+    hashed, not re-encoded). Equal digests mean the same shard bytes (for one mmdata version)."""
+    h = hashlib.sha256(CONTENT_VERSION)
+    h.update(b"\0" + shard.encode())
+    for key, item in samples:
+        parts = [
+            key.encode(),
+            item.sort_key.encode(),
+            _json_bytes({**item.meta, "key": key}),
+            _json_bytes(item.row),
+        ]
+        for name in sorted(item.members):
+            parts += [name.encode(), hashlib.sha256(item.members[name]).hexdigest().encode()]
+        for part in parts:
+            h.update(len(part).to_bytes(8, "big") + part)
+        h.update(b"\1")
+    return h.hexdigest()
+
+
+def _file_sha256(path: str) -> str | None:
+    """sha256 of a file as stored (streamed), or None if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open_read(path) as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except Exception:  # noqa: BLE001 - an unreadable tar means: rewrite the shard
+        return None
+    return h.hexdigest()
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     """A temporary name renamed when complete (local); a single upload, which an object store shows only
     once complete, for `scheme://` paths (there a rename is a copy and a delete)."""
@@ -200,6 +247,31 @@ class _WriteShardFn(beam.DoFn):
         self.schema = schema
         self.overwrite = overwrite
 
+    @staticmethod
+    def _complete(
+        tar_path: str, pq_path: str, expected: list[str], digest: str
+    ) -> tuple[str, int] | None:
+        """(sha256, bytes) of the shard on disk if it can be kept as it is: its sidecar lists the expected
+        samples and records this run's content digest (a sidecar from before digests were recorded never
+        matches), and the tar has the recorded size and sha256 (one streamed read)."""
+        existing = read_sidecar(pq_path)
+        if not existing or existing[0] != expected:
+            return None
+        meta = existing[1]
+        if meta.get(META_CONTENT, b"").decode() != digest:
+            return None
+        sha = meta.get(META_SHA, b"").decode()
+        try:
+            nbytes = int(meta.get(META_BYTES, b"0"))
+        except ValueError:
+            return None
+        if not sha or not FileSystems.exists(tar_path):
+            return None
+        sizes = FileSystems.match([tar_path])[0].metadata_list
+        if not sizes or sizes[0].size_in_bytes != nbytes or _file_sha256(tar_path) != sha:
+            return None
+        return sha, nbytes
+
     def process(self, element, plan) -> Iterator[ShardInfo]:
         idx, items = element
         first, start, count = plan[idx]
@@ -210,25 +282,23 @@ class _WriteShardFn(beam.DoFn):
         tar_path = f"{self.output}/{name}.tar"
         pq_path = f"{self.output}/{name}.parquet"
         expected = [it.sort_key for it in items]
-        if not self.overwrite:
-            existing = read_sidecar(pq_path)
-            if existing and existing[0] == expected and FileSystems.exists(tar_path):
-                sha = existing[1].get(META_SHA, b"").decode()
-                nbytes = int(existing[1].get(META_BYTES, b"0"))
-                sizes = FileSystems.match([tar_path])[0].metadata_list
-                if sha and sizes and sizes[0].size_in_bytes == nbytes:
-                    beam.metrics.Metrics.counter("shards", "skipped_complete").inc()
-                    yield ShardInfo(
-                        f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True
-                    )
-                    return
         keyed = [(shard_key(start + i), it) for i, it in enumerate(items)]
+        digest = content_digest(keyed, f"{name}.tar")
+        if not self.overwrite and (kept := self._complete(tar_path, pq_path, expected, digest)):
+            sha, nbytes = kept
+            beam.metrics.Metrics.counter("shards", "skipped_complete").inc()
+            yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True)
+            return
         tar = encode_tar(keyed)
         sha = hashlib.sha256(tar).hexdigest()
         rows = [
             {"key": k, "shard": f"{name}.tar", "sort_key": it.sort_key, **it.row} for k, it in keyed
         ]
-        meta = {META_SHA: sha.encode(), META_BYTES: str(len(tar)).encode()}
+        meta = {
+            META_SHA: sha.encode(),
+            META_BYTES: str(len(tar)).encode(),
+            META_CONTENT: digest.encode(),
+        }
         pq_bytes = _parquet_bytes(rows, self.schema, meta)
         if FileSystems.exists(
             pq_path
@@ -299,8 +369,8 @@ OUTPUT_MARKER = ".mmdata-dataset"
 
 def _source_folder(source: str, kind: str) -> str | None:
     """The folder whose files a job reads: a folder input, or the folder of `.tar` shards (a folder, a
-    glob or one file). None for manifests, whose rows may point anywhere. Local folders are absolute;
-    `scheme://` prefixes are as given, without a trailing slash."""
+    glob or one file). None for manifests, whose rows may point anywhere. Local folders are absolute with
+    symlinks resolved (`os.path.realpath`); `scheme://` prefixes are as given, without a trailing slash."""
     if kind == "manifest":
         return None
     if not is_local(source):
@@ -309,9 +379,9 @@ def _source_folder(source: str, kind: str) -> str | None:
             return src.rsplit("/", 1)[0]
         return src if "." not in src.rsplit("/", 1)[-1] else None
     if os.path.isdir(source):
-        return os.path.abspath(source)
+        return os.path.realpath(source)
     if kind == "webdataset" or source.endswith(".tar"):
-        return os.path.abspath(os.path.dirname(source) or ".")
+        return os.path.realpath(os.path.dirname(source) or ".")
     return None
 
 
@@ -321,8 +391,9 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
     Refused with a `ValueError`: an output that is an existing file; an existing folder that holds files
     but is not an mmdata dataset (no `manifest.json` and no `.mmdata-dataset` marker), since the job
     replaces shard-named files there; an output in or inside the folder a source reads (a folder, or
-    the folder of `.tar` shards given as a folder, glob or file): the job would replace its own input
-    or the next run would read its shards as input. The same checks hold for object-store outputs
+    the folder of `.tar` shards given as a folder, glob or file), also through symlinks (local paths
+    are compared resolved): the job would replace its own input or the next run would read its shards
+    as input. The same checks hold for object-store outputs
     (`gs://`, `s3://`: a prefix), through Beam's filesystems; call `mmdata.io.paths.use_options`
     first there, so they reach the store the job will write to.
     """
@@ -336,7 +407,9 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
     src = None
     if source and is_local(source) == local:
         src = _source_folder(source, source_kind)
-    if src and (out == src or out.startswith(src.rstrip(sep) + sep)):
+    # local paths are compared with symlinks resolved: a linked input (or output) is the same folder
+    real = os.path.realpath(out) if local else out
+    if src and (real == src or real.startswith(src.rstrip(sep) + sep)):
         raise ValueError(
             f"output {output!r} is inside the input folder {source!r}: the job would replace or "
             "the next run would read its own shards as input; write the dataset somewhere else"
