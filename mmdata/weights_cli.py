@@ -56,6 +56,8 @@ def _print(rows: list[tuple[weights.WeightSpec, weights.WeightStatus]], as_json:
                         "format": spec.format,
                         "license": spec.license,
                         "source": spec.source,
+                        "url": spec.url,
+                        "message": st.message,
                         "env_var": spec.env_var,
                     }
                 )
@@ -65,7 +67,8 @@ def _print(rows: list[tuple[weights.WeightSpec, weights.WeightStatus]], as_json:
     for spec, st in rows:
         print(f"{spec.name:24} {st.state:14} {spec.format:26} {spec.source}")
         print(f"{'':24} {'':14} {'':26} license: {spec.license}; env: {spec.env_var}")
-        if st.state in ("missing", "hash-mismatch"):
+        if st.state in ("missing", "hash-mismatch", "unpinned"):
+            # unpinned: the message says that only presence and layout were checked
             print(f"{'':24} -> {st.message}")
         elif st.path:
             print(f"{'':24} -> {st.path}")
@@ -93,8 +96,8 @@ def _verify(args: argparse.Namespace, beam_args: list[str]) -> int:
             and (
                 spec.offline_default
                 or st.name in args.names
-                or st.name in overrides
-                or st.origin == "env"  # a path the user set that holds nothing
+                or st.origin
+                in ("argument", "env")  # a path the user gave that holds nothing usable
             )
         )
     ]

@@ -82,7 +82,8 @@ def load_aesthetic_head(path: str | Path) -> AestheticHead:
 
 class AestheticScoreHandler(BatchedModelHandler[np.ndarray, AestheticHead]):
     """Aesthetic scores. Element: a float image embedding (D,). Output: float score.
-    Embeddings are L2-normalised first (as LAION did); a wrong dimension becomes a `bad_embedding` reject.
+    Embeddings are L2-normalised first (as LAION did); a wrong dimension, non-finite values or an element
+    that is not numbers at all becomes a `bad_embedding` reject.
     """
 
     weights_name = "aesthetic-head"
@@ -94,7 +95,13 @@ class AestheticScoreHandler(BatchedModelHandler[np.ndarray, AestheticHead]):
         return load_aesthetic_head(path).to(torch_device(self.device))
 
     def prepare_for(self, example: Any, model: AestheticHead) -> np.ndarray:
-        vec = np.asarray(example, dtype=np.float32)
+        try:
+            vec = np.asarray(example, dtype=np.float32)
+        except (TypeError, ValueError) as exc:  # a str, a dict, ragged lists, ...
+            raise InputRejected(
+                "bad_embedding",
+                f"expected {model.dims[0]} finite floats, got {type(example).__name__} ({exc})",
+            ) from None
         if vec.shape != (model.dims[0],) or not np.isfinite(vec).all():
             raise InputRejected(
                 "bad_embedding", f"expected {model.dims[0]} finite floats, got shape {vec.shape}"

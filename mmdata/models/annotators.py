@@ -83,18 +83,30 @@ def annotator_files(name: str, path: Path) -> list[Path]:
     return files
 
 
-def _state_dict(path: Path) -> dict:
+def _state_dict(path: Path, name: str) -> dict:
     import torch
 
+    how = weights.get_spec(ANNOTATORS[name].weights_name).how_to_provide()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle with code, ...: say which file
         raise weights.WeightsError(
-            f"cannot read annotator weights {path}: {type(exc).__name__}: {exc}"
+            f"cannot read annotator weights {path} (annotator {name!r}): "
+            f"{type(exc).__name__}: {exc}. {how}"
         ) from None
     if not isinstance(state, dict):
-        raise weights.WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise weights.WeightsError(
+            f"{path} holds a {type(state).__name__}, not a state dict (annotator {name!r}). {how}"
+        )
     return state
+
+
+def _load_state(net: Any, state: dict, name: str, path: Path) -> None:
+    """`net.load_state_dict(state)`, a mismatch (another model's file) raised as a `WeightsError`."""
+    try:
+        net.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - missing / unexpected keys, shape mismatches
+        raise weights.load_error(ANNOTATORS[name].weights_name, path, exc) from exc
 
 
 def build_detector(name: str, files: list[Path]) -> Any:
@@ -104,23 +116,23 @@ def build_detector(name: str, files: list[Path]) -> Any:
         from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
 
         net = ControlNetHED_Apache2()
-        net.load_state_dict(_state_dict(files[0]))
+        _load_state(net, _state_dict(files[0], name), name, files[0])
         return HEDdetector(net.float().eval())
     if name == "pidinet":
         from controlnet_aux.pidi import PidiNetDetector
         from controlnet_aux.pidi.model import pidinet
 
-        state = _state_dict(files[0])
+        state = _state_dict(files[0], name)
         state = state.get("state_dict", state)
         net = pidinet()
-        net.load_state_dict({k.replace("module.", ""): v for k, v in state.items()})
+        _load_state(net, {k.replace("module.", ""): v for k, v in state.items()}, name, files[0])
         return PidiNetDetector(net.eval())
     if name == "lineart":
         from controlnet_aux.lineart import Generator, LineartDetector
 
         fine, coarse = Generator(3, 1, 3), Generator(3, 1, 3)
-        fine.load_state_dict(_state_dict(files[0]))
-        coarse.load_state_dict(_state_dict(files[1]))
+        _load_state(fine, _state_dict(files[0], name), name, files[0])
+        _load_state(coarse, _state_dict(files[1], name), name, files[1])
         return LineartDetector(fine.eval(), coarse.eval())
     raise UnknownNameError(f"unknown annotator {name!r}; known: {', '.join(ANNOTATORS)}")
 

@@ -2,7 +2,9 @@
 
 Input contract (all image backends): an element is a decoded image as a **numpy uint8 array, HxWx3 (RGB) or
 HxWx4 (RGBA)**. Other inputs are converted, not crashed on: HxW / HxWx1 grey, HxWx2 grey+alpha, bool,
-uint16, float in [0, 1] and PIL images of any mode. Transparent pixels are composited on a background
+uint16 (either byte order; scaled by 1/257), float in [0, 1] (see `FLOAT_SLACK`) and PIL images of any
+mode (16-bit and 32-bit integer modes scaled like uint16, mode F like a float array, so a PIL image and
+its numpy array give the same result). Transparent pixels are composited on a background
 (white by default) for models that take RGB. An element that cannot be converted, or that a model cannot
 take (too small, too large), does not raise: its `PredictionResult.inference` is a `ModelReject` with a
 reason and a detail, so a stage can route it to its rejects output (see `is_reject`).
@@ -34,6 +36,10 @@ ItemT = TypeVar("ItemT")
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
+
+FLOAT_SLACK = 0.25
+"""Float images are in [0, 1]. Values up to this far outside (resampling overshoot, colour maths) are
+clipped; an image with values further out (a 0-255 or [-1, 1] float image) is a `bad_image` reject."""
 
 
 @dataclass(frozen=True)
@@ -73,23 +79,20 @@ def as_uint8_image(image: Any) -> np.ndarray:
     """Convert a decoded image to a uint8 HxWx3 (RGB) or HxWx4 (RGBA) array.
 
     Args:
-        image: numpy array (HxW, HxWx1/2/3/4; uint8, bool, uint16, other ints, float in [0, 1]) or a
-            PIL image of any mode.
+        image: numpy array (HxW, HxWx1/2/3/4; uint8, bool, uint16 of either byte order, other ints,
+            float in [0, 1]) or a PIL image of any mode. PIL modes I;16* and I go through the uint16
+            scaling (I clipped to 0..65535 first), mode F through the float one, so a PIL image gives
+            the same result as its numpy array.
 
     Returns:
         A C-contiguous uint8 array with 3 or 4 channels.
 
     Raises:
-        InputRejected: `bad_image` when the input is not an image or cannot be converted.
+        InputRejected: `bad_image` when the input is not an image or cannot be converted (including a
+            float image with values outside [0, 1] by more than `FLOAT_SLACK`).
     """
     if isinstance(image, Image.Image):
-        try:
-            has_alpha = image.mode in ("RGBA", "LA", "PA") or (
-                image.mode == "P" and "transparency" in image.info
-            )
-            image = np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-        except (OSError, ValueError) as exc:
-            raise InputRejected("bad_image", f"cannot convert PIL image: {exc}") from None
+        image = _pil_to_array(image)
     if not isinstance(image, np.ndarray):
         raise InputRejected(
             "bad_image", f"expected a numpy image array, got {type(image).__name__}"
@@ -112,7 +115,30 @@ def as_uint8_image(image: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """A PIL image as an array for `_to_uint8`. 8-bit modes go through PIL's own conversion to RGB(A);
+    the wide modes (I;16*, I, F) are read as numbers, since PIL's convert("RGB") clamps them at 255."""
+    try:
+        if image.mode.startswith("I;16"):
+            arr = np.asarray(image)
+            if arr.dtype.kind != "u":  # signed 16-bit variants
+                arr = np.clip(arr, 0, None).astype(np.uint16)
+            return arr
+        if image.mode == "I":
+            return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        if image.mode == "F":
+            return np.asarray(image)
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+            image.mode == "P" and "transparency" in image.info
+        )
+        return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputRejected("bad_image", f"cannot convert PIL image: {exc}") from None
+
+
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.byteorder not in ("=", "|"):  # big-endian (or explicit little-endian) data
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -124,8 +150,14 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise InputRejected("bad_image", "image has NaN or infinite values")
-        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
-        return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -FLOAT_SLACK or hi > 1.0 + FLOAT_SLACK:
+            raise InputRejected(
+                "bad_image",
+                f"float image values must be in [0, 1] (overshoot up to {FLOAT_SLACK} is clipped), "
+                f"got [{lo:.4g}, {hi:.4g}]; divide a 0-255 float image by 255, or pass uint8",
+            )
+        return np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
     raise InputRejected("bad_image", f"unsupported dtype {arr.dtype}")
 
 
@@ -182,18 +214,75 @@ def resize_rgb(
     return np.asarray(Image.fromarray(image).resize(size, resample))
 
 
+_SUPPORT = {
+    Image.NEAREST: 0.5,
+    Image.BOX: 0.5,
+    Image.BILINEAR: 1.0,
+    Image.HAMMING: 1.0,
+    Image.BICUBIC: 2.0,
+    Image.LANCZOS: 3.0,
+}
+
+
+def resize_crop(
+    image: np.ndarray,
+    scaled: tuple[int, int],
+    box: tuple[int, int, int, int],
+    resample: int = Image.BICUBIC,
+) -> np.ndarray:
+    """The region `box` = (left, top, right, bottom) of `image` resized to (width, height) = `scaled`,
+    without building the whole resized image.
+
+    The same as resizing to `scaled` with PIL and then cropping, computed only for the output region
+    (`Image.resize(box=...)`), so time and memory follow the output size, not the input's aspect
+    ratio. Like PIL's full resize it runs the horizontal pass first, then the vertical one, over the
+    rows the vertical pass reads (PIL itself may run a boxed resize vertical-first, which rounds the
+    intermediate differently). The box's source coordinates travel as float32 in PIL, so a rare
+    pixel can differ from resize-then-crop by 1.
+    """
+    h, w = image.shape[:2]
+    nw, nh = scaled
+    left, top, right, bottom = box
+    out_w, out_h = right - left, bottom - top
+    sx, sy = w / nw, h / nh
+    y0, y1 = top * sy, bottom * sy
+    # the source rows the vertical pass reads (PIL clamps its kernel at the image edges)
+    support = _SUPPORT.get(resample, 3.0) * max(sy, 1.0)
+    r0 = max(0, int(y0 - support) - 1)
+    r1 = min(h, int(y1 + support) + 2)
+    rows = Image.fromarray(np.ascontiguousarray(image[r0:r1]))
+    # PIL resamples RGBA / LA premultiplied (once, around the whole resize): do the same around both passes
+    premultiplied = {"RGBA": "RGBa", "LA": "La"}.get(rows.mode)
+    if premultiplied:
+        rows = rows.convert(premultiplied)
+    horizontal = rows.resize((out_w, r1 - r0), resample, box=(left * sx, 0, right * sx, r1 - r0))
+    out = horizontal.resize((out_w, out_h), resample, box=(0, y0 - r0, out_w, y1 - r0))
+    if premultiplied:
+        out = out.convert(rows.mode.replace("a", "A"))
+    return np.asarray(out)
+
+
 def resize_short_center_crop(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize so the shorter side is `side` (bicubic), then centre-crop to side x side."""
+    """Resize so the shorter side is `side` (bicubic), then centre-crop to side x side.
+
+    Only the centre region is resampled (see `resize_crop`): a 40000x8 strip costs what a square does.
+    """
     h, w = image.shape[:2]
     scale = side / min(h, w)
     nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
-    out = resize_rgb(image, (nw, nh))
+    if (nw, nh) == (w, h):
+        top, left = (h - side) // 2, (w - side) // 2
+        return image[top : top + side, left : left + side]
     top, left = (nh - side) // 2, (nw - side) // 2
-    return out[top : top + side, left : left + side]
+    return resize_crop(image, (nw, nh), (left, top, left + side, top + side))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Devices
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device (e.g. 'cuda') is not available to this process."""
 
 
 def torch_device(device: str) -> Any:
@@ -202,7 +291,7 @@ def torch_device(device: str) -> Any:
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device={device!r} requested but torch sees no CUDA GPU; use device='cpu'"
         )
     return dev
@@ -220,7 +309,7 @@ def onnx_session(path: str, device: str, threads: int | None = None) -> Any:
         opts.intra_op_num_threads = threads
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
+            raise DeviceUnavailableError(
                 f"device={device!r} requested but this onnxruntime has no CUDA provider "
                 "(install onnxruntime-gpu) ; use device='cpu'"
             )
@@ -286,9 +375,19 @@ class BatchedModelHandler(
         return weights_registry.resolve(self.weights_name, self.weights_path, self.weights_sha256)
 
     def load_model(self) -> ModelT:
+        """Resolve and check the weights, then `_load` them. A library error while reading weights
+        that passed the checks (wrong layout, another model's state dict, a truncated unpinned file)
+        becomes a `WeightsError` naming the model, the path and how to provide the right weights."""
         path = self.resolve_weights()
         log.info("loading %s from %s on %s", self.model_id, path, self.device)
-        return self._load(path)
+        try:
+            return self._load(path)
+        except (weights_registry.WeightsError, DeviceUnavailableError, ImportError):
+            raise
+        except Exception as exc:
+            if self.weights_name is None:
+                raise
+            raise weights_registry.load_error(self.weights_name, path, exc) from exc
 
     def _load(self, path: Any) -> ModelT:
         raise NotImplementedError

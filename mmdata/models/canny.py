@@ -21,6 +21,28 @@ class CannyParams:
     blur: int = 3  # Gaussian blur kernel before Canny (odd; 0 or 1 = no blur)
     sigma: float = 0.33  # automatic thresholds: (1 -+ sigma) * median
 
+    def __post_init__(self) -> None:
+        """Reject parameters OpenCV would only fail on once data flows (e.g. an even blur kernel)."""
+        blur = self.blur
+        if isinstance(blur, bool) or not isinstance(blur, int | np.integer):
+            raise ValueError(f"blur must be an int (0, 1 or an odd kernel size > 1), got {blur!r}")
+        if blur < 0 or (blur > 1 and blur % 2 == 0):
+            raise ValueError(f"blur must be 0 or 1 (no blur) or an odd kernel size > 1, got {blur}")
+        if (self.low is None) != (self.high is None):
+            raise ValueError(
+                "give both Canny thresholds (low and high) or neither (automatic), "
+                f"got low={self.low!r} high={self.high!r}"
+            )
+        if self.low is not None and self.high is not None:
+            for name, value in (("low", self.low), ("high", self.high)):
+                number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+                if not number or not np.isfinite(value) or value < 0:
+                    raise ValueError(f"Canny threshold {name} must be a number >= 0, got {value!r}")
+            if self.low > self.high:
+                raise ValueError(f"Canny threshold low ({self.low}) is above high ({self.high})")
+        if not (np.isfinite(self.sigma) and 0.0 <= self.sigma <= 1.0):
+            raise ValueError(f"sigma must be in [0, 1], got {self.sigma!r}")
+
 
 @functools.lru_cache(maxsize=16)
 def _luma(rgb: tuple[int, int, int]) -> int:
@@ -64,7 +86,14 @@ def canny_edges(image: np.ndarray, params: CannyParams) -> np.ndarray:
 
 
 class CannyEdgeHandler(BatchedModelHandler[np.ndarray, CannyParams]):
-    """Canny edges. Element: uint8 RGB/RGBA image. Output: uint8 HxW edge map (0/255), input size."""
+    """Canny edges. Element: uint8 RGB/RGBA image. Output: uint8 HxW edge map (0/255), input size.
+
+    Args:
+        low, high: gradient thresholds (both >= 0, low <= high), or both None for automatic ones.
+        blur: Gaussian blur kernel before Canny: 0 or 1 for none, else odd. Bad parameters raise
+            `ValueError` here, not once data flows.
+        background: RGB colour under transparent pixels.
+    """
 
     weights_name = None
 

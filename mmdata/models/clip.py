@@ -3,7 +3,9 @@
 Weights come from (in order): the handler's `weights_path` or `$MMDATA_CLIP_WEIGHTS` (a checkpoint file,
 used with `model_name`, or an open_clip `local-dir` folder holding `open_clip_config.json` and the weights),
 else an open_clip `pretrained` tag, which downloads and is therefore only used when the user allows the hub
-(`allow_hub=True` or `MMDATA_ALLOW_HUB=1`). Without either, loading fails naming what to provide.
+(`allow_hub=True` or `MMDATA_ALLOW_HUB=1`) and no local path is configured: a path that is given but does
+not hold usable weights fails (it never falls back to a download). Without either, loading fails naming
+what to provide.
 
 `save_open_clip_dir` writes a model as such a folder (config + safetensors); the tests build a tiny
 random-initialised config, save it and load it back through the same code users run.
@@ -26,7 +28,9 @@ from mmdata import weights
 from mmdata.models.base import (
     WHITE,
     BatchedModelHandler,
+    DeviceUnavailableError,
     prepare_image,
+    resize_crop,
     to_rgb,
     torch_device,
 )
@@ -35,6 +39,9 @@ from mmdata.models.features import prepare_text
 HUB_ENV = "MMDATA_ALLOW_HUB"
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
+PRECROP_ASPECT = 2.0
+"""Images longer than this ratio (long side / short side) have their centre square resampled directly
+instead of going through open_clip's whole-image resize (see `ClipImageEmbedder.prepare_for`)."""
 
 
 @dataclass
@@ -45,6 +52,9 @@ class ClipModel:
     preprocess: Any
     tokenizer: Any
     device: Any
+    shortest_crop: tuple[int, int] | None = (
+        None  # (size, PIL resample) of a shortest-side eval transform
+    )
 
 
 def hub_allowed(allow_hub: bool | None) -> bool:
@@ -65,8 +75,14 @@ def load_open_clip(
 ) -> ClipModel:
     """Load an open_clip model from a local path, or from the hub when allowed.
 
+    The hub (`pretrained`) is used only when no local path is configured at all; a path given as
+    `weights_path` or `$MMDATA_CLIP_WEIGHTS` that holds nothing usable raises instead.
+
     Raises:
-        mmdata.weights.WeightsError: no local weights and the hub is not allowed (or a hash mismatch).
+        mmdata.weights.WeightsMissingError: the configured path holds no weights, or none is
+            configured and the hub is not allowed.
+        mmdata.weights.WeightsHashError: the file's sha256 is not `weights_sha256`.
+        mmdata.weights.WeightsError: the weights are there but open_clip cannot load them.
     """
     import open_clip
 
@@ -74,16 +90,24 @@ def load_open_clip(
     status = weights.check("clip", weights_path, weights_sha256)
     if status.state == "hash-mismatch":
         raise weights.WeightsHashError(status.message)
+    if status.state == "missing" and status.origin:
+        # a path was given (argument or env var): use it or fail, never download something else
+        raise weights.WeightsMissingError(f"CLIP ({model_name}): {status.message}")
     if status.state != "missing":
         path = Path(status.path)  # type: ignore[arg-type]
-        if path.is_dir():
-            name = f"local-dir:{path}"
-            model, _, preprocess = open_clip.create_model_and_transforms(name, device=dev)
-        else:
-            name = model_name
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=str(path), device=dev, weights_only=True
-            )
+        try:
+            if path.is_dir():
+                name = f"local-dir:{path}"
+                model, _, preprocess = open_clip.create_model_and_transforms(name, device=dev)
+            else:
+                name = model_name
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=str(path), device=dev, weights_only=True
+                )
+        except DeviceUnavailableError:
+            raise
+        except Exception as exc:
+            raise weights.load_error("clip", path, exc) from exc
     elif pretrained and hub_allowed(allow_hub):
         name = model_name
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -98,7 +122,44 @@ def load_open_clip(
         )
         raise weights.WeightsMissingError(f"CLIP ({model_name}): {why}{status.message}")
     tokenizer = open_clip.get_tokenizer(name)
-    return ClipModel(model.eval(), preprocess, tokenizer, dev)
+    return ClipModel(model.eval(), preprocess, tokenizer, dev, shortest_crop(preprocess))
+
+
+def shortest_crop(preprocess: Any) -> tuple[int, int] | None:
+    """(size, PIL resample) when `preprocess` starts with torchvision `Resize(size)` (shorter side) and
+    `CenterCrop(size)`, open_clip's default eval transform; None for any other transform."""
+    from torchvision import transforms as T
+    from torchvision.transforms.functional import pil_modes_mapping
+
+    steps = getattr(preprocess, "transforms", None)
+    if not steps or len(steps) < 2:
+        return None
+    resize, crop = steps[0], steps[1]
+    if not (isinstance(resize, T.Resize) and isinstance(crop, T.CenterCrop)):
+        return None
+    size = resize.size
+    if isinstance(size, list | tuple):
+        if len(size) != 1:
+            return None
+        size = size[0]
+    if resize.max_size is not None or tuple(crop.size) != (size, size):
+        return None
+    resample = pil_modes_mapping.get(resize.interpolation)
+    return None if resample is None else (int(size), resample)
+
+
+def centre_square(rgb: np.ndarray, size: int, resample: int) -> Image.Image:
+    """What torchvision's `Resize(size)` + `CenterCrop(size)` make of `rgb`, resampling only the output
+    square (`resize_crop`): the same geometry (long side `int(size * long / short)`, crop offset
+    `round((new - size) / 2)`), so the cost no longer grows with the aspect ratio."""
+    h, w = rgb.shape[:2]
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return Image.fromarray(
+        resize_crop(rgb, (new_w, new_h), (left, top, left + size, top + size), resample)
+    )
 
 
 def save_open_clip_dir(model: torch.nn.Module, model_cfg: dict, path: str | Path) -> Path:
@@ -161,7 +222,14 @@ class ClipImageEmbedder(_ClipHandler):
         self.min_side = min_side
 
     def prepare_for(self, example: Any, model: ClipModel) -> torch.Tensor:
+        """open_clip's eval preprocessing. For a long strip (aspect ratio over `PRECROP_ASPECT`) under
+        the default shortest-side transform, the centre square is resampled first (`centre_square`),
+        so a 40000x8 strip does not build a 1,120,000x224 intermediate; the result is the same up to
+        rounding of a few pixels."""
         rgb = to_rgb(prepare_image(example, self.min_side), self.background)
+        h, w = rgb.shape[:2]
+        if model.shortest_crop and max(h, w) > PRECROP_ASPECT * min(h, w):
+            return model.preprocess(centre_square(rgb, *model.shortest_crop))
         return model.preprocess(Image.fromarray(rgb))
 
     def forward(self, model: ClipModel, items: list[torch.Tensor]) -> list[np.ndarray]:

@@ -2,7 +2,9 @@
 
 No depth weights ship in a package: the model comes from a local folder (`weights_path` or
 `$MMDATA_DEPTH_WEIGHTS`: config.json + model.safetensors, as written by `save_pretrained`), or from a hub id
-(e.g. "Intel/dpt-hybrid-midas") when the user allows the hub (`allow_hub=True` or `MMDATA_ALLOW_HUB=1`).
+(e.g. "Intel/dpt-hybrid-midas") when the user allows the hub (`allow_hub=True` or `MMDATA_ALLOW_HUB=1`)
+and no local folder is configured: a path that is given but does not hold a usable model fails (it never
+falls back to a download).
 Without either, `load_model` raises a `WeightsMissingError` that says what to provide; a stage whose config
 marks depth optional should check `mmdata.weights.check("depth-dpt").state` and skip instead.
 """
@@ -63,16 +65,29 @@ def load_dpt(
     allow_hub: bool | None = None,
     weights_sha256: str | None = None,
 ) -> DepthModel:
-    """Load a DPT depth model from a local folder, or from `hub_id` when the hub is allowed."""
+    """Load a DPT depth model from a local folder, or from `hub_id` when the hub is allowed and no
+    local folder is configured.
+
+    Raises:
+        mmdata.weights.WeightsMissingError: the configured path holds no model folder, or none is
+            configured and the hub is off.
+        mmdata.weights.WeightsError: the folder is there but transformers cannot load it.
+    """
     from transformers import DPTForDepthEstimation
 
     dev = torch_device(device)
     status = weights.check("depth-dpt", weights_path, weights_sha256)
     if status.state == "hash-mismatch":
         raise weights.WeightsHashError(status.message)
+    if status.state == "missing" and status.origin:
+        # a path was given (argument or env var): use it or fail, never download something else
+        raise weights.WeightsMissingError(f"depth: {status.message}")
     if status.state != "missing":
         path: Path | None = Path(status.path)  # type: ignore[arg-type]
-        model = DPTForDepthEstimation.from_pretrained(str(path), local_files_only=True)
+        try:
+            model = DPTForDepthEstimation.from_pretrained(str(path), local_files_only=True)
+        except Exception as exc:
+            raise weights.load_error("depth-dpt", path, exc) from exc
     elif hub_id and hub_allowed(allow_hub):
         path = None
         model = DPTForDepthEstimation.from_pretrained(hub_id)

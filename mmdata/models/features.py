@@ -9,7 +9,6 @@ stages can run on either.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +107,8 @@ class MiniLMTextEmbedder(BatchedModelHandler[str, Any]):
         self.max_chars = max_chars
 
     def _load(self, path: Path) -> Any:
-        # A local folder never needs the hub; make sure nothing tries.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # A local folder never needs the hub: `local_files_only=True` keeps this load off it without
+        # touching HF_HUB_OFFLINE, which would turn the hub off for every later load in the process.
         from sentence_transformers import SentenceTransformer
 
         torch_device(self.device)

@@ -15,6 +15,7 @@ import numpy as np
 from mmdata.models.base import (
     WHITE,
     BatchedModelHandler,
+    DeviceUnavailableError,
     InputRejected,
     onnx_session,
     prepare_image,
@@ -177,9 +178,19 @@ class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
     def _load(self, paths: Any) -> StyleModels:
         predict, transform = paths
         return StyleModels(
-            onnx_session(str(predict), self.device, self.threads),
-            onnx_session(str(transform), self.device, self.threads),
+            self._session("ghiasi-style-predict", predict),
+            self._session("ghiasi-style-transform", transform),
         )
+
+    def _session(self, name: str, path: Any) -> Any:
+        from mmdata import weights
+
+        try:
+            return onnx_session(str(path), self.device, self.threads)
+        except DeviceUnavailableError:
+            raise
+        except Exception as exc:
+            raise weights.load_error(name, path, exc) from exc
 
     def prepare(
         self, example: Any
@@ -191,11 +202,8 @@ class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
         content, style = example
         rgb = to_rgb(prepare_image(content, MIN_SIDE), self.background)
         x, valid = to_content_input(rgb)
-        vec = np.asarray(style) if _is_vector(style) else None
-        if vec is not None:
-            if vec.shape != (STYLE_DIM,) or not np.isfinite(vec).all():
-                raise InputRejected("bad_style", f"style vector must be {STYLE_DIM} finite floats")
-            style_in = vec.astype(np.float32)
+        if _is_vector(style):
+            style_in = _style_vector(style)
         else:
             style_in = to_style_input(to_rgb(prepare_image(style, MIN_SIDE), self.background))
         own = to_style_input(rgb) if self.strength < 1.0 else None
@@ -216,4 +224,26 @@ class StyleTransferHandler(BatchedModelHandler[tuple[Any, Any], StyleModels]):
 
 
 def _is_vector(x: Any) -> bool:
-    return isinstance(x, np.ndarray | list | tuple) and np.asarray(x).ndim == 1
+    """True for a style given as a vector (a 1-d array, or a flat list / tuple), False for an image."""
+    if isinstance(x, np.ndarray):
+        return x.ndim == 1
+    if isinstance(x, list | tuple):
+        try:
+            return np.asarray(x, dtype=object).ndim == 1
+        except ValueError:
+            return True  # not an image either: `_style_vector` rejects it
+    return False
+
+
+def _style_vector(x: Any) -> np.ndarray:
+    """A style vector as float32 (STYLE_DIM,); raises a `bad_style` reject for anything else."""
+    try:
+        vec = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):  # strings, None inside an object array, nested lists
+        vec = None
+    if vec is None or vec.shape != (STYLE_DIM,) or not np.isfinite(vec).all():
+        got = f"shape {vec.shape}" if vec is not None else f"{type(x).__name__} of non-numbers"
+        raise InputRejected(
+            "bad_style", f"style vector must be {STYLE_DIM} finite floats, got {got}"
+        )
+    return vec
