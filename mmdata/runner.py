@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -138,7 +139,34 @@ class LocalDirectRunner(PipelineRunner):
         info = fn_runner.ExtendedProvisionInfo(
             beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
         )
-        return fn_runner.FnApiRunner(provision_info=info).run_pipeline(pipeline, options)
+        return _fn_api_runner_class()(provision_info=info).run_pipeline(pipeline, options)
+
+
+@functools.cache
+def _fn_api_runner_class() -> type:
+    """Beam's FnApiRunner whose local worker processes (multi_processing) start through
+    `mmdata.beam_worker`: Beam's own worker, with its start-up chatter kept off the terminal."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    from mmdata.beam_worker import BEAM_MODULE, MODULE
+
+    class FnApiRunner(fn_runner.FnApiRunner):
+        # `run_pipeline` sets `_default_environment` from --direct_running_mode; the setter swaps the
+        # worker module in the command line it builds, leaving everything else as Beam made it.
+        @property
+        def _default_environment(self) -> Any:
+            return self._mmdata_environment
+
+        @_default_environment.setter
+        def _default_environment(self, env: Any) -> None:
+            if isinstance(env, SubprocessSDKEnvironment) and env.command_string.endswith(
+                f" -m {BEAM_MODULE}"
+            ):
+                env.command_string = env.command_string[: -len(BEAM_MODULE)] + MODULE
+            self._mmdata_environment = env
+
+    return FnApiRunner
 
 
 class _Pipeline(beam.Pipeline):

@@ -133,7 +133,9 @@ def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path, caplog
     assert shard_bytes(work) == shard_bytes(out)
 
 
-def test_multiprocess_runner_same_bytes(corpus, direct_run, tmp_path):
+def test_multiprocess_runner_same_bytes(corpus, direct_run, tmp_path, capfd):
+    from mmdata.beam_worker import BENIGN
+
     out, m = direct_run
     m2 = run_demo(
         corpus[0],
@@ -143,6 +145,10 @@ def test_multiprocess_runner_same_bytes(corpus, direct_run, tmp_path):
     assert m2["shards"] == m["shards"]
     assert shard_bytes(tmp_path / "mp") == shard_bytes(out)
     assert (tmp_path / "mp" / "manifest.json").read_bytes() != b""
+    # the worker processes' stderr: mmdata's progress lines, none of Beam's start-up chatter
+    err = capfd.readouterr().err
+    assert "INFO mmdata: " in err and "shards written" in err, err[-2000:]
+    assert not [line for line in err.splitlines() if any(b in line for b in BENIGN)], err[-2000:]
 
 
 @pytest.mark.slow
