@@ -13,7 +13,7 @@ from mmdata.runner import run_pipeline
 from mmdata.sample import sample_corpus_dir
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import SAMPLE_ROW_SCHEMA, BuildTxt2Img, sample_to_item
-from mmdata.transforms.manifest import WriteManifest
+from mmdata.transforms.manifest import WriteManifest, no_input_errors
 from mmdata.transforms.quality import QualityFilter
 
 STAGES = ["ingest", "unique_keys", "quality", "txt2img"]
@@ -55,7 +55,7 @@ def build(
     rejects = (ing["rejects"], qual["rejects"], t2i["rejects"]) | "Rejects" >> beam.Flatten()
     config = {**to_dict(cfg), "input": source}
     return (counts, shards, rejects, tasks) | "Manifest" >> WriteManifest(
-        cfg.output, "demo", config, STAGES
+        cfg.output, "demo", config, STAGES, input_path=source
     )
 
 
@@ -69,8 +69,9 @@ def run(
     reader = read_source(source, cfg.input_kind, cfg.ingest)
     templates = load_templates("txt2img", cfg.templates_dir or None)
     prepare_output(cfg.output, source, cfg.input_kind)
-    run_pipeline(
-        lambda p: build(p, cfg, overwrite, reader=reader, templates=templates),
-        beam_args,
-        test_pipeline,
-    )
+    with no_input_errors():  # an input that gave no record: one line, any runner
+        run_pipeline(
+            lambda p: build(p, cfg, overwrite, reader=reader, templates=templates),
+            beam_args,
+            test_pipeline,
+        )

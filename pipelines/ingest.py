@@ -11,7 +11,7 @@ from mmdata.io.shards import WriteShards, prepare_output
 from mmdata.runner import run_pipeline
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import PAIR_ROW_SCHEMA, pair_to_item
-from mmdata.transforms.manifest import WriteManifest
+from mmdata.transforms.manifest import WriteManifest, no_input_errors
 
 STAGES = ["ingest", "unique_keys"]
 
@@ -39,7 +39,7 @@ def build(
     # One kind of sample: the task count is the shards' sample count (no pass over the pairs).
     tasks = shards | "Tasks" >> beam.Map(lambda s: ("pair", s.samples))
     return (ing["counts"], shards, ing["rejects"], tasks) | "Manifest" >> WriteManifest(
-        cfg.output, "ingest", to_dict(cfg), STAGES, mixture={}
+        cfg.output, "ingest", to_dict(cfg), STAGES, mixture={}, input_path=cfg.input
     )
 
 
@@ -54,4 +54,5 @@ def run(
     # creates and marks the output folder
     reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
     prepare_output(cfg.output, cfg.input, cfg.input_kind)
-    run_pipeline(lambda p: build(p, cfg, overwrite, reader=reader), beam_args, test_pipeline)
+    with no_input_errors():  # an input that gave no record: one line, any runner
+        run_pipeline(lambda p: build(p, cfg, overwrite, reader=reader), beam_args, test_pipeline)

@@ -2,11 +2,15 @@
 
 - `ReadFolder(root)`: a folder tree of images, each with a sidecar caption `<stem>.json` (object with a
   caption field plus free metadata) and/or `<stem>.txt`. With both, the JSON caption is used (the `.txt`
-  only when the JSON has none) and the record's metadata `caption_sidecar` says which one.
-- `ReadManifest(pattern)`: Parquet, CSV or JSONL files with an image path column and a caption column; other
-  columns become metadata; relative paths are relative to the manifest's folder.
+  only when the JSON has none) and the record's metadata `caption_sidecar` says which one. A broken
+  symlink is an `unreadable_file` reject (Beam's listing would drop it unseen).
+- `ReadManifest(pattern)`: Parquet, CSV/TSV, JSONL or JSON (an array of row objects) files with an image
+  path column and a caption column; other columns become metadata (as strict JSON); relative paths are
+  relative to the manifest's folder. A row that does not parse is a `bad_manifest_row`, a file that
+  cannot be used at all (unreadable, no path or caption column) one `bad_manifest` reject.
 - `ReadWebDataset(pattern)`: tar shards as img2dataset writes them (`NNNNN.tar` with `<key>.jpg|png|webp`,
-  `<key>.txt`, `<key>.json`, and a same-stem `.parquet` whose failed downloads become rejects).
+  `<key>.txt`, `<key>.json`, and a same-stem `.parquet` whose failed downloads become rejects); a
+  sample's second image is an `extra_image` reject, a member repeating a field `duplicate_member`.
 
 Every record's `source` is unique (a file path, `manifest#row`, `tar::key`), so a duplicate key is always
 resolvable. Readers never raise on bad data: a record they already know is bad carries `error=(reason, detail)` and becomes
@@ -31,6 +35,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
+from mmdata.core.jsonvalues import json_safe
 from mmdata.core.keys import slug, slug_key, stable_hash
 from mmdata.io import paths
 from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
@@ -171,11 +176,14 @@ class _FolderGroupFn(beam.DoFn):
             key = slug(rel_stem) + ("" if n == 0 else f"_{slug(written)}")
             if n and written != ext:  # a.PNG beside a.png: keep the case apart
                 key += f"_{stable_hash(written, n=4)}"
-            image, read_error = (
-                (None, error)
-                if error
-                else _read_bytes(path, size, self.cfg.max_file_bytes, self.cfg.bytes_by_reference)
-            )
+            if size is None:  # listed, but stat() failed: a broken symlink (see _list_local)
+                image, read_error = None, ("unreadable_file", _unlistable_detail(path))
+            elif error:
+                image, read_error = None, error
+            else:
+                image, read_error = _read_bytes(
+                    path, size, self.cfg.max_file_bytes, self.cfg.bytes_by_reference
+                )
             yield RawRecord(
                 key=key,
                 source=path,
@@ -200,97 +208,425 @@ class _Source(beam.PTransform):
         self.cfg = cfg or IngestConfig()
 
 
+def _list_local(root: str) -> Iterator[tuple[str, int | None]]:
+    """(path, size) of every file under the local folder `root`, as Beam's local filesystem lists them
+    (`os.walk`, symlinked folders not followed), except that a file whose `stat` fails (a broken
+    symlink) is listed with size None instead of being skipped: Beam's listing drops it silently, and
+    an image the reader never saw would be neither kept nor rejected."""
+    for dirpath, _, files in os.walk(root):
+        for name in sorted(files):
+            path = os.path.join(dirpath, name)
+            try:
+                size: int | None = os.path.getsize(path)
+            except OSError:
+                size = None
+            yield path, size
+
+
+def _unlistable_detail(path: str) -> str:
+    if os.path.islink(path):
+        return f"broken symlink: {path} -> {os.readlink(path)}, which does not exist"
+    try:
+        os.stat(path)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return "the file could not be listed"
+
+
+def _skipped_in_folder(rel: str) -> bool:
+    """Whether a folder reader skips the file at `rel` (relative to the folder) without a record:
+    hidden files, anything under a hidden folder, and documentation files that are not images."""
+    if any(part.startswith(".") for part in rel.split("/")):
+        return True
+    name_stem, name_ext = _split_ext(posixpath.basename(rel).lower())
+    return name_ext not in IMAGE_EXTS and (
+        name_stem in IGNORED_PREFIXES or name_ext in ("md", "jsonl")
+    )
+
+
+def check_folder_has_images(root: str) -> None:
+    """Refuse (ValueError) a local folder with no image file anywhere under it, before the job runs:
+    a job over it could only write an empty dataset (or one of rejects: a folder of captions without
+    their images is a wrong path far more often than data)."""
+    others: list[str] = []
+    n_others = 0
+    for path, _ in _list_local(root):
+        rel = path[len(root) :].lstrip("/")
+        if _skipped_in_folder(rel):
+            continue
+        if _split_ext(path)[1] in IMAGE_EXTS:
+            return
+        n_others += 1
+        if len(others) < 3:
+            others.append(rel)
+    exts = " ".join(f".{e}" for e in sorted(IMAGE_EXTS))
+    found = (
+        f"it holds {n_others} other file(s), e.g. {', '.join(others)}"
+        if n_others
+        else "it holds no files (hidden files and documentation aside)"
+    )
+    if any(o.endswith(".tar") for o in others):
+        found += " (for .tar shards, use --input_kind webdataset)"
+    raise ValueError(f"input folder {root!r} holds no images ({exts}) anywhere under it: {found}")
+
+
 class ReadFolder(_Source):
     """Image files under the folder `pattern` (recursively) with their sidecar captions."""
 
     def expand(self, pbegin):
         root = self.root
 
-        def keyed(meta) -> Iterator[tuple[str, tuple[str, str, int]]]:
-            base = posixpath.basename(meta.path)
-            rel = meta.path[len(root) :].lstrip("/")
-            if any(part.startswith(".") for part in rel.split("/")):
-                return  # hidden files and everything under hidden folders
-            name_stem, name_ext = _split_ext(base.lower())
-            if name_ext not in IMAGE_EXTS and (
-                name_stem in IGNORED_PREFIXES or name_ext in ("md", "jsonl")
-            ):
+        def keyed(entry: tuple[str, int | None]) -> Iterator[tuple[str, tuple[str, str, int]]]:
+            path, size = entry
+            rel = path[len(root) :].lstrip("/")
+            # hidden files, everything under hidden folders, documentation. (A comment after a bare
+            # `return` makes Beam warn that the function both yields and returns.)
+            if _skipped_in_folder(rel):
                 return
-            stem, ext = _split_ext(meta.path)
-            yield stem, (ext, meta.path, meta.size_in_bytes)
+            stem, ext = _split_ext(path)
+            yield stem, (ext, path, size)
 
+        if is_local(root):
+            listed = pbegin | "Root" >> beam.Create([root]) | "List" >> beam.FlatMap(_list_local)
+        else:
+            listed = (
+                pbegin
+                | "Match" >> fileio.MatchFiles(self.pattern + "/**")
+                | "Entries" >> beam.Map(lambda m: (m.path, m.size_in_bytes))
+            )
         return (
-            pbegin
-            | "Match" >> fileio.MatchFiles(self.pattern + "/**")
+            listed
             | "ByStem" >> beam.FlatMap(keyed)
             | "GroupStem" >> beam.GroupByKey()
             | "Records" >> beam.ParDo(_FolderGroupFn(self.root, self.cfg))
         )
 
 
-def _manifest_rows(path: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(row index, row or None, error detail) for every row of a manifest file."""
+MANIFEST_EXTS = ("parquet", "csv", "tsv", "jsonl", "ndjson", "json")
+_FORMAT_NAMES = {
+    "parquet": "Parquet",
+    "csv": "CSV",
+    "tsv": "TSV",
+    "jsonl": "JSON Lines",
+    "ndjson": "JSON Lines",
+    "json": "JSON",
+}
+
+
+class ManifestError(ValueError):
+    """A manifest file that cannot be used as a whole: unreadable, unparseable, of an unknown format, or
+    without the path or caption column. In a job it is one `bad_manifest` reject (other manifests of a
+    glob are still read); before the job, when no matched local manifest is usable, it refuses the run
+    (a ValueError: one line on the command line, no traceback)."""
+
+
+# A manifest row's place: its index among the file's rows (int), a label for a row that did not parse
+# where rows have no index ("row5": a CSV row with the wrong number of fields), or None for the file.
+_Ref = int | str | None
+
+
+def _json_rows(
+    path: str, data: bytes, start: int = 0
+) -> list[tuple[_Ref, dict[str, Any] | None, str]]:
+    """JSON Lines rows (ref: the 0-based line number, from `start`); a line that is not a JSON object
+    is a bad row, the others are read."""
+    out: list[tuple[_Ref, dict[str, Any] | None, str]] = []
+    for i, line in enumerate(data.splitlines(), start=start):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"the line is a JSON {type(row).__name__}, not an object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            out.append((i, None, f"{path} line {i + 1}: {e}"))
+            continue
+        out.append((i, row, ""))
+    return out
+
+
+def _json_document_rows(path: str, data: bytes) -> list[tuple[_Ref, dict[str, Any] | None, str]]:
+    """A `.json` manifest: a JSON array of row objects, one object (one row), or JSON Lines (files
+    named `.json` often are); a document that parses but is neither is refused, as is a broken array
+    (read line by line it would only be a pile of broken rows)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        if data.lstrip()[:1] == b"[":
+            raise ManifestError(
+                f"{path}: not valid JSON ({e}); a .json manifest is an array of row objects "
+                "or JSON Lines (one object per line, .jsonl)"
+            ) from None
+        return _json_rows(path, data)  # JSON Lines under a .json name
+    if isinstance(doc, dict):
+        return [(0, doc, "")]
+    if not isinstance(doc, list):
+        raise ManifestError(
+            f"{path}: the JSON document is a {type(doc).__name__}; a .json manifest is an array of "
+            "row objects or JSON Lines (one object per line, .jsonl)"
+        )
+    return [
+        (i, row, "")
+        if isinstance(row, dict)
+        else (i, None, f"{path} item {i}: a JSON {type(row).__name__}, not an object")
+        for i, row in enumerate(doc)
+    ]
+
+
+def _csv_options(ext: str, bad: list | None = None):
+    import pyarrow.csv as pacsv
+
+    def skip(row) -> str:  # pyarrow.csv.InvalidRow: a row with the wrong number of fields
+        if bad is not None:
+            bad.append(row)
+        return "skip"
+
+    return pacsv.ParseOptions(
+        delimiter="\t" if ext == "tsv" else ",", newlines_in_values=True, invalid_row_handler=skip
+    )
+
+
+def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list, list[str]]:
+    """CSV/TSV rows and columns; a row with the wrong number of fields (bad quoting) is a bad row."""
+    import pyarrow.csv as pacsv
+
+    bad: list = []
+    table = pacsv.read_csv(io.BytesIO(data), parse_options=_csv_options(ext, bad))
+    if bad:  # threaded parsing does not number rows: read again on one thread for row numbers
+        bad = []
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            parse_options=_csv_options(ext, bad),
+            read_options=pacsv.ReadOptions(use_threads=False),
+        )
+    rows: list[tuple[_Ref, dict[str, Any] | None, str]] = [
+        (i, row, "") for i, row in enumerate(table.to_pylist())
+    ]
+    for n, b in enumerate(bad):
+        where = f"row {b.number} (the header is row 1)" if b.number else f"bad row {n + 1}"
+        text = b.text if len(b.text) <= 200 else b.text[:200] + "..."
+        rows.append(
+            (
+                f"row{b.number or n + 1}",
+                None,
+                f"{path} {where}: {b.actual_columns} fields where the header has "
+                f"{b.expected_columns} (bad quoting or delimiter?): {text!r}",
+            )
+        )
+    return rows, table.column_names
+
+
+def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
+    """(rows, columns) of a manifest file's bytes: rows are (ref, row or None, bad-row detail);
+    columns are the file's (Parquet, CSV), or None where they are the rows' keys (JSON). Raises on a
+    file that cannot be parsed at all."""
+    import pyarrow.parquet as pq
+
+    ext = _split_ext(path)[1]
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM (Windows tools) is not data
+    if ext in ("jsonl", "ndjson"):
+        return _json_rows(path, data), None
+    if ext == "json":
+        return _json_document_rows(path, data), None
+    if ext == "parquet":
+        table = pq.read_table(io.BytesIO(data))
+        return [(i, row, "") for i, row in enumerate(table.to_pylist())], table.column_names
+    if ext in ("csv", "tsv"):
+        return _csv_rows(path, ext, data)
+    raise ManifestError(
+        f"{path}: not a manifest format (.{ext}); use .parquet, .csv, .tsv, .jsonl or .json"
+    )
+
+
+def _row_columns(rows: list) -> list[str]:
+    """The keys of JSON rows, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for _, row, _ in rows:
+        if row is not None:
+            seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def _missing_columns(path: str, columns: list[str], cfg: IngestConfig) -> str | None:
+    """Why a manifest with these columns cannot give records (no path or caption column), or None."""
+    missing = [c for c in (cfg.path_field, cfg.caption_field) if c not in columns]
+    if not missing:
+        return None
+    flags = " / ".join(
+        f"--ingest.{f}"
+        for f, c in (("path_field", cfg.path_field), ("caption_field", cfg.caption_field))
+        if c in missing
+    )
+    names = " or ".join(repr(c) for c in missing)
+    has = ", ".join(repr(c) for c in columns) or "none"
+    return f"{path}: no column {names} (its columns: {has}); name the columns with {flags}"
+
+
+def _manifest_error(path: str, e: Exception) -> str:
+    """One line naming the file for an error reading or parsing it (pyarrow names a buffer)."""
+    if isinstance(e, ManifestError):
+        return str(e)
+    kind = _FORMAT_NAMES.get(_split_ext(path)[1], "manifest")
+    msg = str(e).replace(" '<Buffer>'", "").replace("<Buffer>", "the file")
+    return f"{path}: not a readable {kind} file ({type(e).__name__}: {msg})"
+
+
+def _manifest_items(
+    path: str, cfg: IngestConfig
+) -> Iterator[tuple[str, _Ref, dict[str, Any] | None, tuple[str, str] | None]]:
+    """(manifest, ref, row, error) for every row of a manifest file; a row that does not parse is a
+    `bad_manifest_row` item, a file that cannot be used at all is one `bad_manifest` item (ref None)."""
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+        rows, columns = _parse_manifest(path, data)
+        if columns is None:
+            columns = _row_columns(rows)
+            check = bool(columns)  # no row parsed: the bad rows say why, not a missing column
+        else:
+            check = True
+        if check and (problem := _missing_columns(path, columns, cfg)):
+            raise ManifestError(problem)
+    except Exception as e:  # noqa: BLE001 - an unusable manifest is a reject, the glob goes on
+        yield path, None, None, ("bad_manifest", _manifest_error(path, e))
+        return
+    for ref, row, err in rows:
+        yield path, ref, row, None if row is not None else ("bad_manifest_row", err)
+
+
+def _manifest_problem(path: str, cfg: IngestConfig) -> str | None:
+    """Why the local manifest `path` gives no records (unreadable, unparseable, no rows, no path or
+    caption column), or None; cheap: Parquet's footer, the first block of a CSV, the JSON Lines up
+    to the first row that has both columns (a `.json` document is parsed whole)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     ext = _split_ext(path)[1]
-    with FileSystems.open(path) as f:
-        data = f.read()
-    if ext in ("jsonl", "json", "ndjson"):
-        for i, line in enumerate(data.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("row is not an object")
-            except ValueError as e:
-                yield i, None, f"line {i + 1}: {e}"
-                continue
-            yield i, row, ""
-        return
-    if ext == "parquet":
-        table = pq.read_table(io.BytesIO(data))
-    elif ext in ("csv", "tsv"):
-        opts = pacsv.ParseOptions(delimiter="\t" if ext == "tsv" else ",", newlines_in_values=True)
-        table = pacsv.read_csv(io.BytesIO(data), parse_options=opts)
-    else:
-        raise ValueError(
-            f"unsupported manifest format {ext!r} for {path} (use .parquet, .csv or .jsonl)"
-        )
-    for i, row in enumerate(table.to_pylist()):
-        yield i, row, ""
+    if ext not in MANIFEST_EXTS:
+        return f"{path}: not a manifest format (.{ext}); use .parquet, .csv, .tsv, .jsonl or .json"
+    try:
+        if ext == "parquet":
+            meta = pq.read_metadata(path)
+            columns, n = meta.schema.to_arrow_schema().names, meta.num_rows
+        elif ext in ("csv", "tsv"):
+            bad: list = []
+            with pacsv.open_csv(path, parse_options=_csv_options(ext, bad)) as reader:
+                columns, n = reader.schema.names, 0
+                for batch in reader:
+                    n += batch.num_rows
+                    if n:
+                        break
+            if bad and not n:
+                return (
+                    f"{path}: no row has the header's {bad[0].expected_columns} fields "
+                    f"(the first has {bad[0].actual_columns}: {bad[0].text[:200]!r})"
+                )
+        else:
+            if ext == "json":
+                with open(path, "rb") as f:
+                    rows = _json_document_rows(path, f.read().removeprefix(b"\xef\xbb\xbf"))
+            else:
+                rows = _json_lines_head(path, cfg)
+            columns, n = _row_columns(rows), sum(row is not None for _, row, _ in rows)
+            if rows and not n:
+                return f"{path}: no row is a JSON object (first: {rows[0][2]})"
+    except Exception as e:  # noqa: BLE001 - said as the reason the file is refused
+        return _manifest_error(path, e)
+    if n == 0:
+        return f"{path}: holds no rows"
+    return _missing_columns(path, columns, cfg)
+
+
+def _json_lines_head(path: str, cfg: IngestConfig) -> list:
+    """The rows of a JSON Lines file up to the first object that, with those before it, names both
+    the path and the caption column (usually the first line); all of them when none does."""
+    rows: list = []
+    seen: set[str] = set()
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i == 0:
+                line = line.removeprefix(b"\xef\xbb\xbf")
+            rows += _json_rows(path, line, start=i)
+            if rows and rows[-1][1] is not None:
+                seen.update(rows[-1][1])
+                if cfg.path_field in seen and cfg.caption_field in seen:
+                    break
+    return rows
+
+
+def check_manifests(pattern: str, cfg: IngestConfig) -> None:
+    """Refuse (ManifestError) a local manifest input of which no file can give a record, before the
+    job runs: a single manifest that is unreadable, unparseable, empty or without the path or caption
+    column, or a glob none of whose files is usable (files are checked in order up to the first
+    usable one, so a glob of many costs one check; the bad ones among them are `bad_manifest`
+    rejects in the job)."""
+    files = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    if not files:
+        return  # nothing matched: _literal refused a missing input already; none arrive -> the job says
+    first = None
+    for path in files:
+        problem = _manifest_problem(path, cfg)
+        if problem is None:
+            return
+        first = first or problem
+    if len(files) == 1:
+        raise ManifestError(f"manifest {first}")
+    raise ManifestError(
+        f"none of the {len(files)} manifests matching {pattern!r} can be read; the first: {first}"
+    )
+
+
+def _manifest_base(root: str, pattern: str) -> str:
+    """The folder manifests' default keys are relative to: the folder of the named file, or of a
+    glob's part before its first glob character (`data/*/m.parquet` -> `data`)."""
+    if pattern != root or not any(c in root for c in _GLOB_CHARS):
+        return posixpath.dirname(root)
+    prefix = root[: min(root.index(c) for c in _GLOB_CHARS if c in root)]
+    return posixpath.dirname(prefix)
 
 
 class _ManifestRowFn(beam.DoFn):
-    def __init__(self, cfg: IngestConfig):
+    def __init__(self, cfg: IngestConfig, base: str = ""):
         self.cfg = cfg
+        self.base = base.rstrip("/")
 
-    def process(self, item: tuple[str, int, dict[str, Any] | None, str]) -> Iterator[RawRecord]:
-        manifest, i, row, err = item
-        stem = slug_key(posixpath.basename(manifest))
-        default_key = f"{stem}_{i:09d}"
+    def _stem(self, manifest: str) -> str:
+        """The default keys' prefix: the manifest's path relative to the input's folder, so rows of
+        `a/data.parquet` and `b/data.parquet` (one glob) keep distinct keys (`a_data_000000000`)."""
+        rel = (
+            manifest[len(self.base) + 1 :]
+            if self.base and manifest.startswith(self.base + "/")
+            else posixpath.basename(manifest)
+        )
+        return slug_key(rel)
+
+    def process(
+        self, item: tuple[str, _Ref, dict[str, Any] | None, tuple[str, str] | None]
+    ) -> Iterator[RawRecord]:
+        manifest, ref, row, error = item
+        stem = self._stem(manifest)
+        if ref is None:  # the whole file
+            default_key, source = f"{stem}_manifest", manifest
+        elif isinstance(ref, int):
+            default_key, source = f"{stem}_{ref:09d}", f"{manifest}#{ref}"
+        else:
+            default_key, source = f"{stem}_{ref}", f"{manifest}#{ref}"
         if row is None:
-            yield RawRecord(
-                key=default_key,
-                source=f"{manifest}#{i}",
-                image=None,
-                caption=None,
-                error=("bad_manifest_row", err),
-            )
+            yield RawRecord(key=default_key, source=source, image=None, caption=None, error=error)
             return
         cfg = self.cfg
         key = row.get(cfg.key_field)
         key = slug(str(key)) if key not in (None, "") else default_key  # a key has no extension
         path = row.get(cfg.path_field)
         caption = row.get(cfg.caption_field)
-        metadata = {
-            k: v
-            for k, v in row.items()
-            if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)
-        }
-        metadata = json.loads(json.dumps(metadata, default=str))
-        source = f"{manifest}#{i}"
+        # strict JSON (NaN -> null, bytes -> text or base64): see mmdata/core/jsonvalues.py
+        metadata = json_safe(
+            {
+                k: v
+                for k, v in row.items()
+                if k not in (cfg.path_field, cfg.caption_field, cfg.key_field)
+            }
+        )
 
         def record(image: bytes | None, error: tuple[str, str] | None) -> RawRecord:
             url = metadata.get("url") if isinstance(metadata.get("url"), str) else None
@@ -330,19 +666,16 @@ class _ManifestRowFn(beam.DoFn):
 
 
 class ReadManifest(_Source):
-    """Rows of Parquet/CSV/JSONL manifests naming image paths and captions."""
+    """Rows of Parquet/CSV/JSONL/JSON manifests naming image paths and captions."""
 
     def expand(self, pbegin):
-        def rows(meta):
-            for i, row, err in _manifest_rows(meta.path):
-                yield meta.path, i, row, err
-
+        cfg = self.cfg
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern)
-            | "Rows" >> beam.FlatMap(rows)
+            | "Rows" >> beam.FlatMap(lambda meta: _manifest_items(meta.path, cfg))
             | "Spread" >> beam.Reshuffle()
-            | "Load" >> beam.ParDo(_ManifestRowFn(self.cfg))
+            | "Load" >> beam.ParDo(_ManifestRowFn(cfg, _manifest_base(self.root, self.pattern)))
         )
 
 
@@ -378,13 +711,17 @@ class _TarFn(beam.DoFn):
                 source=tar_path,
                 image=None,
                 caption=None,
-                error=("bad_sidecar", f"parquet: {e}"),
+                # the sidecar named, not pyarrow's '<Buffer>'
+                error=("bad_sidecar", _manifest_error(tar_path[: -len(".tar")] + ".parquet", e)),
             )
             status = {}
         seen_ok: set[str] = set()
         repeats: list[str] = []
         group: dict[str, bytes] = {}
         group_key: str | None = None
+        # the sample's member names by field, and members that repeat a field it already has
+        names: dict[str, str] = {}
+        extras: list[tuple[str, str]] = []
 
         def flush() -> Iterator[RawRecord]:
             if group_key is None:
@@ -395,6 +732,7 @@ class _TarFn(beam.DoFn):
                 repeats.append(group_key)
             seen_ok.add(group_key)
             yield rec
+            yield from self._extra_members(tar_path, group_key, group, names, extras)
 
         try:
             # the tar's version, for members passed by reference (taken before reading it)
@@ -412,7 +750,7 @@ class _TarFn(beam.DoFn):
                         continue
                     if _unsafe_member(name) or not ti.isreg():
                         yield from flush()  # the sample before it is complete: its members ended
-                        group, group_key = {}, None
+                        group, group_key, names, extras = {}, None, {}, []
                         kind = (
                             "path escapes the archive"
                             if _unsafe_member(name)
@@ -429,7 +767,7 @@ class _TarFn(beam.DoFn):
                     base = posixpath.basename(name)
                     if "." not in base:
                         yield from flush()
-                        group, group_key = {}, None
+                        group, group_key, names, extras = {}, None, {}, []
                         yield RawRecord(
                             key=slug_key(name),
                             source=src,
@@ -442,7 +780,12 @@ class _TarFn(beam.DoFn):
                     key = slug(posixpath.join(posixpath.dirname(name), key))
                     if key != group_key:
                         yield from flush()
-                        group, group_key = {}, key
+                        group, group_key, names, extras = {}, key, {}, []
+                    # k.jpg twice, or k.jpg + k.JPG: one field, two members (see _extra_members)
+                    if ext.lower() in group:
+                        extras.append((name, ext.lower()))
+                        continue
+                    names[ext.lower()] = name
                     if ti.size > cfg.max_file_bytes:
                         group[ext.lower()] = b""
                         group["__too_large__"] = f"{ext}: {ti.size} bytes".encode()
@@ -493,6 +836,49 @@ class _TarFn(beam.DoFn):
                     url=row.get("url"),
                     error=("download_failed", str(row.get("error_message") or row.get("status"))),
                 )
+
+    @staticmethod
+    def _extra_members(
+        tar_path: str,
+        key: str,
+        group: dict[str, bytes],
+        names: dict[str, str],
+        extras: list[tuple[str, str]],
+    ) -> Iterator[RawRecord]:
+        """Rejects for a sample's members that `_record` does not use: images beside the one it keeps
+        (`k.jpg` + `k.png`) and members repeating a field (`k.jpg` twice, `k.jpg` + `k.JPG`).
+
+        A reject, not a second record: a WebDataset key names one sample whose members are its
+        fields, and img2dataset writes one image per sample, so a second image is a packing mistake or
+        a derived field (a mask, a thumbnail), not a second picture of the caption. The reject names
+        the member, so nothing is lost silently and inputs == kept + rejected still holds."""
+        images = sorted(e for e in group if e in IMAGE_EXTS)
+        kept = names.get(images[0]) if images else None
+        for ext in images[1:]:
+            yield RawRecord(
+                key=key,
+                source=f"{tar_path}::{names[ext]}",
+                image=None,
+                caption=None,
+                error=(
+                    "extra_image",
+                    f"member {names[ext]!r} is a second image of sample {key!r} "
+                    f"(one image per sample; {kept!r} was read)",
+                ),
+            )
+        for n, (name, field) in enumerate(extras):
+            first = names[field]
+            yield RawRecord(
+                key=key,
+                source=f"{tar_path}::{name}" + (f"#{n + 1}" if name == first else ""),
+                image=None,
+                caption=None,
+                error=(
+                    "duplicate_member",
+                    f"member {name!r} repeats the field of {first!r} in sample {key!r} "
+                    "(the first one was read)",
+                ),
+            )
 
     def _record(
         self, tar_path: str, key: str, members: dict[str, bytes], row: dict | None
@@ -616,9 +1002,16 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
                 raise ValueError(f"input_kind manifest needs a file or glob, {path!r} is a folder")
             if kind == "folder" and os.path.isfile(path):
                 raise ValueError(f"input_kind folder needs a folder, {path!r} is a file")
+    # Refuse here, before the output is touched, a local input that can only give an empty dataset
+    # (no image in the folder; no usable manifest). Remote inputs are not listed up front: a job that
+    # reads nothing from one fails at its end (WriteManifest) instead.
     if kind == "folder":
+        if is_local(root):
+            check_folder_has_images(root.rstrip("/"))
         return ReadFolder(pattern, cfg, root=root)
     if kind == "manifest":
+        if is_local(root):
+            check_manifests(pattern, cfg or IngestConfig())
         return ReadManifest(pattern, cfg, root=root)
     if kind == "webdataset":
         return ReadWebDataset(pattern, cfg, root=root)

@@ -9,6 +9,7 @@ import apache_beam as beam
 from mmdata.config import IngestConfig
 from mmdata.core.caption import clean_caption
 from mmdata.core.image import decode_image
+from mmdata.core.jsonvalues import json_safe
 from mmdata.core.reasons import Reason
 from mmdata.records import ImageTextPair, RawRecord, Reject
 from mmdata.transforms.stage import Stage, TallyingDoFn, split_outputs
@@ -30,7 +31,9 @@ def raw_to_pair(rec: RawRecord, cfg: IngestConfig) -> ImageTextPair | Reason:
     caption = clean_caption(rec.caption, cfg.max_caption_chars)
     if isinstance(caption, Reason):
         return caption
-    meta = dict(rec.metadata)
+    # strict JSON for the shards' `<key>.json` (a sidecar's NaN, a column's bytes): one rule for every
+    # reader, see mmdata/core/jsonvalues.py
+    meta = json_safe(rec.metadata)
     if img.reencoded:
         meta["original_format"] = img.original_format
         meta["original_mode"] = img.original_mode

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import platform
 import re
+from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -15,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from mmdata.core.jsonvalues import json_safe
 from mmdata.io.shards import _write_atomic
 from mmdata.transforms.stage import summarize_tallies
 
@@ -45,6 +48,32 @@ VERSIONED = (
 
 class AccountingError(RuntimeError):
     """A stage's inputs != kept + rejected: something was lost or invented."""
+
+
+class NoInputError(ValueError):
+    """The job's first stage got no record at all: the input holds nothing the readers take (no image,
+    manifest row or tar sample). A ValueError, so the command line says it in one line; raised before
+    anything is written, so no empty dataset is left looking complete."""
+
+    # Beam logs an exception raised in a DoFn with its traceback before re-raising it, unless it is
+    # already tagged with the step it ran in; this one says all there is to say in its message.
+    _tagged_with_step = True
+
+
+@contextlib.contextmanager
+def no_input_errors() -> Iterator[None]:
+    """Around a job's run: a `NoInputError` raised in a worker process reaches the caller as what the
+    runner makes of it (the local multi-process runner: a RuntimeError holding the worker's
+    traceback); re-raise it as itself, so the command line says it in one line there too."""
+    try:
+        yield
+    except NoInputError:
+        raise
+    except Exception as e:
+        found = re.search(r"NoInputError: (input .*?\(nothing was written\))", str(e))
+        if found is None:
+            raise
+        raise NoInputError(found.group(1)) from None
 
 
 def package_versions() -> dict[str, str]:
@@ -84,7 +113,9 @@ class _FinalizeFn(beam.DoFn):
         chain: list[str],
         mixture: dict[str, float],
         notes: list[str],
+        input_path: str | None = None,
     ):
+        self.input_path = input_path
         self.output = output.rstrip("/")
         self.job = job
         self.config = config
@@ -97,6 +128,11 @@ class _FinalizeFn(beam.DoFn):
         for stage in self.chain:  # a stage that got no records still accounts for them: zeros
             counts_d.setdefault(stage, {"input": 0, "kept": 0, "rejected": {}})
         check_accounting(counts_d, self.chain)
+        if self.input_path is not None and self.chain and not counts_d[self.chain[0]]["input"]:
+            raise NoInputError(
+                f"input {self.input_path!r} holds no records: the readers found no image, manifest "
+                "row or tar sample in it (nothing was written)"
+            )
         shards = sorted(shards, key=lambda s: s.name)
         samples = sum(s.samples for s in shards)
         last = counts_d[self.chain[-1]]["kept"] if self.chain else samples
@@ -143,7 +179,9 @@ class _FinalizeFn(beam.DoFn):
             "totals": {"samples": samples, "rejects": len(rows)},
             "notes": self.notes,
         }
-        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        # strict JSON: a NaN in the config or counts would be a bare `NaN` no other parser reads
+        manifest = json_safe(manifest)
+        data = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
         _write_atomic(f"{self.output}/manifest.json", data)
         yield manifest
 
@@ -169,6 +207,8 @@ class WriteManifest(beam.PTransform):
         config: resolved config (dict) stored in the manifest.
         chain: stage names in order, for the kept(n) == input(n+1) check.
         mixture: task mixing ratios; default: the tasks' shares of the samples.
+        input_path: the job's input as the user named it; when given, a job whose first stage got no
+            record fails with `NoInputError` naming it instead of writing an empty dataset.
     """
 
     def __init__(
@@ -179,9 +219,10 @@ class WriteManifest(beam.PTransform):
         chain: list[str],
         mixture: dict[str, float] | None = None,
         notes: list[str] | None = None,
+        input_path: str | None = None,
     ):
         super().__init__()
-        self.args = (output, job, config, chain, mixture or {}, notes or [])
+        self.args = (output, job, config, chain, mixture or {}, notes or [], input_path)
 
     def expand(self, inputs):
         tallies, shards, rejects, tasks = inputs

@@ -129,21 +129,28 @@ def test_ingest_manifest_source(tmp_path):
     )
 
 
-def test_a_job_where_every_record_is_rejected_or_none_arrive_still_accounts(tmp_path, capsys):
-    """No records at all, or none surviving a stage: zero counts for every stage, exit 0, no crash."""
+def test_a_job_where_every_record_is_rejected_or_nothing_to_read(tmp_path, capsys):
+    """Nothing to read (an empty folder, a manifest without its path column) is a one-line error
+    before the job; a job whose every record is rejected still accounts, exit 0, no crash."""
     from mmdata.cli import main
 
     (tmp_path / "empty").mkdir()
-    m, rejects = _run(str(tmp_path / "empty"), tmp_path / "out")
-    assert m["counts"] == {s: {"input": 0, "kept": 0, "rejected": {}} for s in ingest.STAGES}
-    assert rejects == [] and m["shards"] == []
+    assert (
+        main(["ingest", "--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o1")]) == 2
+    )
+    assert "holds no images" in capsys.readouterr().err and not (tmp_path / "o1").exists()
     (tmp_path / "bad.csv").write_text("image,text\na.jpg,a cat\n")  # no path column
     assert (
         main(["ingest", "--input", str(tmp_path / "bad.csv"), "--output", str(tmp_path / "o2")])
-        == 0
+        == 2
     )
-    out = capsys.readouterr().out
-    assert "missing_path=1" in out and "unique_keys  in=0" in out
+    assert "no column 'path'" in capsys.readouterr().err
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "x.png").write_bytes(b"")  # zero bytes: rejected by ingest
+    (tmp_path / "one" / "x.txt").write_text("a cat")
+    m, rejects = _run(str(tmp_path / "one"), tmp_path / "o3")
+    assert m["counts"]["ingest"] == {"input": 1, "kept": 0, "rejected": {rejects[0]["reason"]: 1}}
+    assert all(m["counts"][s]["input"] == 0 for s in ingest.STAGES[1:]) and m["shards"] == []
 
 
 def test_inputs_auto_detection_refuses_to_guess(tmp_path):
