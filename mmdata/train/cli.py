@@ -31,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoint), e.g. stage 1 for stage 2",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue the latest checkpoint in --output"
+        "--resume",
+        action="store_true",
+        help="continue the latest checkpoint in --output (weights, optimiser state, step, data "
+        "position); the model config must be unchanged. Optimiser and schedule settings of this "
+        "run's config (lr, weight_decay, warmup_steps, grad_clip, ema_*, batch_size, drop_*) "
+        "replace the checkpoint's from the resumed step on, and each change is logged as a warning",
     )
     p.add_argument("--max-steps", type=int)
     p.add_argument("--batch-size", type=int)
@@ -91,7 +96,8 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.train.data import resolve_shards
     from mmdata.train.loop import train
 
-    data = TrainConfig.from_file(args.config).to_dict() if args.config else {}
+    # the file is validated with the flags applied: lora.yaml gets its init_from from --init-from
+    data = TrainConfig.read_file(args.config) if args.config else {}
     mixture = None
     if args.mixture is not None:
         try:
@@ -129,6 +135,8 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     if args.num_images is not None and args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     instructions = read_instructions(args.instruction)  # a bad file fails before the model loads
     device = pick_device(args.device)
     model, cfg = load_model(resolve_checkpoint(args.checkpoint), args.weights)
@@ -154,9 +162,8 @@ def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.train.data import resolve_shards
     from mmdata.train.evaluate import EvalConfig, evaluate
 
-    resolve_shards(args.shards)  # a wrong --shards fails before the model is loaded
     ec = EvalConfig(
-        checkpoint=str(resolve_checkpoint(args.checkpoint)),
+        checkpoint=args.checkpoint,
         shards=args.shards,
         output=args.output,
         num_samples=args.num_samples,
@@ -169,6 +176,9 @@ def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         device=args.device,
         tasks=args.tasks,
     )
+    ec.validate()  # bad arguments, then a wrong --shards, fail before the model is loaded
+    resolve_shards(args.shards)
+    ec.checkpoint = str(resolve_checkpoint(args.checkpoint))
     figures = evaluate(ec)
     print(json.dumps({k: figures[k] for k in ("num_samples", "fid", "per_task")}, indent=2))
     return 0

@@ -103,6 +103,9 @@ class TextConfig:
         model_path: a sentence-transformers model directory or hub id; None = the bundled MiniLM.
         open_clip_model: open_clip architecture name, e.g. `ViT-B-32`.
         open_clip_pretrained: open_clip weights: a local file or a pretrained tag (needs a hub).
+            Required for `open_clip`, unless `open_clip_random_init` is set.
+        open_clip_random_init: allow the `open_clip` text tower to run with random weights (seeded,
+            so sampling rebuilds the same tower; meant for tests, not for real training).
         max_tokens: payload text is truncated to this many tokens.
         offline: set HF_HUB_OFFLINE=1 before loading (no hub access at run time).
     """
@@ -111,12 +114,20 @@ class TextConfig:
     model_path: str | None = None
     open_clip_model: str = "ViT-B-32"
     open_clip_pretrained: str | None = None
+    open_clip_random_init: bool = False
     max_tokens: int = 64
     offline: bool = True
 
     def validate(self) -> None:
         if self.backend not in ("minilm", "open_clip"):
             raise ValueError(f"unknown text backend {self.backend!r}; use minilm or open_clip")
+        if self.backend == "open_clip" and not self.open_clip_pretrained:
+            if not self.open_clip_random_init:
+                raise ValueError(
+                    "text.backend open_clip needs weights: set text.open_clip_pretrained to a local "
+                    "weights file (or an open_clip pretrained tag, which needs the hub); "
+                    "text.open_clip_random_init=true runs a random text tower (tests only)"
+                )
 
 
 @dataclass
@@ -259,7 +270,13 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        """Read a `.json` or `.yaml` config file."""
+        """Read and validate a `.json` or `.yaml` config file."""
+        return cls.from_dict(cls.read_file(path))
+
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """The raw settings of a `.json` or `.yaml` config file, not yet validated: a file may leave
+        out what the command line adds (e.g. lora.yaml without `init_from`, given by --init-from)."""
         text = Path(path).read_text()
         try:
             if str(path).endswith((".yaml", ".yml")):
@@ -270,7 +287,9 @@ class TrainConfig:
                 data = json.loads(text)
         except Exception as e:  # noqa: BLE001 - YAML and JSON parse errors: one clear message
             raise ValueError(f"config {path}: does not parse: {e}") from None
-        return cls.from_dict(data)
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path}: expected a mapping, got {data!r:.80}")
+        return data
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

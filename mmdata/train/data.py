@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
 WARN_FIRST_CORRUPT = 5  # warn for the first few corrupt samples of a worker, then every...
 WARN_EVERY_CORRUPT = 100  # ...100th
+EMPTY_EPOCHS = 3  # a worker whose share changes every epoch stops after this many empty ones
 
 
 class CorruptDataError(RuntimeError):
@@ -66,50 +67,205 @@ def _read_text(url: str) -> str:
         return f.read().decode("utf-8")
 
 
+class NoDataError(ValueError):
+    """The shards yield no usable sample for this run (a user error: one line, no traceback)."""
+
+
+def _names(items: list[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+GIVE = "give a dataset folder written by `mmdata demo`, or .tar shard paths / brace patterns"
+
+
+def _read_manifest(spec: str) -> tuple[str, dict[str, Any]]:
+    """(root without a trailing slash, its manifest.json) of one dataset root; every problem with the
+    root or its manifest is a FileNotFoundError or ValueError that names it."""
+    root = spec.rstrip("/") or "/"
+    local = "://" not in root
+    if local:
+        path = Path(root)
+        if not path.exists():
+            raise FileNotFoundError(f"shards {spec!r}: no such file or folder; {GIVE}")
+        if not path.is_dir():
+            raise ValueError(f"shards {spec!r} is a file but not a .tar shard; {GIVE}")
+        if not (path / "manifest.json").is_file():
+            tars = len(list(path.glob("*.tar")))
+            hint = f" (it holds {tars} .tar file(s): pass them as paths)" if tars else ""
+            raise FileNotFoundError(
+                f"{spec!r} is not an mmdata dataset (no manifest.json there){hint}: {GIVE}"
+            )
+    try:
+        text = _read_text(f"{root}/manifest.json")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{spec!r} is not an mmdata dataset (no manifest.json there): {GIVE}"
+        ) from None
+    try:
+        m = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{root}/manifest.json is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards", []), list):
+        raise ValueError(f"{root}/manifest.json is not an mmdata manifest (no list of shards)")
+    if m.get("job") == "ingest":
+        raise ValueError(
+            f"{spec!r} holds image-text pairs written by `mmdata ingest`, not instruction "
+            "samples; train on a dataset written by `mmdata demo` (which builds them)"
+        )
+    for s in m.get("shards", []):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            raise ValueError(f"{root}/manifest.json: a shard entry without a name: {s!r:.80}")
+        s["url"] = f"{root}/{s['name']}"
+    if local:
+        _check_shard_files(spec, m)
+    return root, m
+
+
+def _check_shard_files(spec: str, m: dict[str, Any]) -> None:
+    """Shards the manifest lists must be there (an error); a size other than the manifest's is a
+    warning (the samples a short shard lacks are counted as training reads it)."""
+    listed = [s for s in m.get("shards", []) if s.get("samples", 1) > 0]
+    missing = [s["name"] for s in listed if not Path(s["url"]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"dataset {spec!r}: {len(missing)} of the {len(listed)} shard(s) its manifest.json "
+            f"lists are missing: {_names(missing)} (an incomplete copy? copy them, or rerun the job)"
+        )
+    resized = [
+        s["name"]
+        for s in listed
+        if isinstance(s.get("bytes"), int) and Path(s["url"]).stat().st_size != s["bytes"]
+    ]
+    if resized:
+        log.warning(
+            "dataset %r: %d shard(s) differ in size from its manifest.json (truncated or rewritten "
+            "since?): %s",
+            spec,
+            len(resized),
+            _names(resized),
+        )
+
+
+def _is_natural(m: dict[str, Any]) -> bool:
+    """The manifest's mixture is the data's own task proportions (what a job writes by default)."""
+    counts, mixture = m.get("tasks") or {}, m.get("mixture") or {}
+    total = sum(counts.values())
+    if not mixture:
+        return True
+    return bool(total) and all(
+        abs(mixture.get(t, 0.0) - counts.get(t, 0) / total) < 1e-5 for t in {*counts, *mixture}
+    )
+
+
+def _normalised(mixture: dict[str, float]) -> dict[str, float]:
+    total = sum(mixture.values())
+    return {t: round(v / total, 6) for t, v in sorted(mixture.items()) if v > 0} if total else {}
+
+
+def combine_manifests(parts: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One manifest for several dataset roots: shards of all, task counts summed, and one mixture.
+
+    The mixture: the data's proportions when every root's mixture is its own proportions (the
+    default a job writes), the common mixture when all roots have the same one; otherwise there is
+    none, and `mixture_conflict` says why (training then needs `data.mixture`). Roots of different
+    formats, or some with task counts and some without, are an error.
+    """
+    if len(parts) == 1:
+        return parts[0][1]
+    formats = {m["format"] for _, m in parts if m.get("format")}
+    if len(formats) > 1:
+        raise ValueError(
+            "the dataset roots have different formats: "
+            + ", ".join(f"{root}: {m.get('format')}" for root, m in parts)
+        )
+    without = [root for root, m in parts if not m.get("tasks")]
+    if without and len(without) < len(parts):
+        raise ValueError(
+            f"dataset root(s) {_names(without)} have no task counts in their manifest.json and the "
+            "others do: the task mixture cannot be combined; train on them separately, or pass "
+            "their .tar files with data.manifest naming one manifest for all"
+        )
+    counts: dict[str, int] = {}
+    for _, m in parts:
+        for task, n in (m.get("tasks") or {}).items():
+            counts[task] = counts.get(task, 0) + n
+    combined: dict[str, Any] = {
+        "roots": [root for root, _ in parts],
+        "shards": [s for _, m in parts for s in m.get("shards", [])],
+        "tasks": counts,
+    }
+    if formats:
+        combined["format"] = formats.pop()
+    mixtures = {root: _normalised(m.get("mixture") or {}) for root, m in parts}
+    total = sum(counts.values())
+    if all(_is_natural(m) for _, m in parts):
+        combined["mixture"] = {t: round(n / total, 6) for t, n in counts.items()} if total else {}
+    elif len({json.dumps(v, sort_keys=True) for v in mixtures.values()}) == 1:
+        combined["mixture"] = next(iter(mixtures.values()))
+    else:
+        combined["mixture"] = None
+        combined["mixture_conflict"] = "the dataset roots have different task mixtures: " + (
+            "; ".join(f"{root}: {mix}" for root, mix in mixtures.items())
+        )
+    return combined
+
+
+def shard_sample_counts(manifest: dict[str, Any] | None) -> dict[str, int]:
+    """Shard URL -> the number of samples its manifest records (for the short-shard check)."""
+    return {
+        s["url"]: s["samples"]
+        for s in (manifest or {}).get("shards", [])
+        if "url" in s and isinstance(s.get("samples"), int)
+    }
+
+
 def resolve_shards(specs: list[str]) -> tuple[list[str], dict[str, Any] | None]:
-    """Expand shard specs into shard URLs; return them with the manifest of the first dataset root.
+    """Expand shard specs into shard URLs; return them with the manifest of the dataset roots.
+
+    Several roots are combined (`combine_manifests`: shards of all, task counts summed). Shards a
+    local root's manifest lists must exist; local `.tar` paths must exist and be tar files. Every
+    problem is a FileNotFoundError or ValueError naming the spec.
 
     Args:
         specs: dataset roots (folder or URL with manifest.json), `.tar` paths/URLs, brace patterns,
             or `pipe:` commands.
 
     Returns:
-        (shard urls, manifest dict or None).
+        (shard urls, manifest dict or None); the manifest's shard entries carry their `url`.
     """
+    import tarfile
+
     import braceexpand
 
     urls: list[str] = []
-    manifest = None
+    roots: list[tuple[str, dict[str, Any]]] = []
+    files: list[str] = []
     for spec in specs:
         if _is_dataset_root(spec):
-            root = spec.rstrip("/")
-            try:
-                m = json.loads(_read_text(f"{root}/manifest.json"))
-            except FileNotFoundError:
-                raise FileNotFoundError(
-                    f"{spec!r} is not an mmdata dataset (no manifest.json there): give a dataset "
-                    "folder written by `mmdata demo`, or .tar shard paths / brace patterns"
-                ) from None
-            if m.get("job") == "ingest":
-                raise ValueError(
-                    f"{spec!r} holds image-text pairs written by `mmdata ingest`, not instruction "
-                    "samples; train on a dataset written by `mmdata demo` (which builds them)"
-                )
-            manifest = manifest or m
-            urls += [f"{root}/{s['name']}" for s in m.get("shards", []) if s.get("samples", 1) > 0]
+            root, m = _read_manifest(spec)
+            roots.append((root, m))
+            urls += [s["url"] for s in m.get("shards", []) if s.get("samples", 1) > 0]
         else:
             expanded = list(braceexpand.braceexpand(spec))
             local = [u for u in expanded if "://" not in u and not u.startswith("pipe:")]
             missing = [u for u in local if not Path(u).is_file()]
             if missing:
-                raise FileNotFoundError(
-                    f"shard file(s) not found: {', '.join(missing[:3])}"
-                    + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-                )
+                raise FileNotFoundError(f"shard file(s) not found: {_names(missing)}")
+            not_tar = [u for u in local if not tarfile.is_tarfile(u)]
+            if not_tar:
+                raise ValueError(f"not a tar file (not a shard): {_names(not_tar)}")
+            files += expanded
             urls += expanded
     if not urls:
         raise ValueError(f"no shards found in {specs}")
-    return urls, manifest
+    if roots and files:
+        log.warning(
+            "the task counts of the mixture come from the dataset roots only; the %d shard "
+            "file(s) given directly are not counted (data.manifest can name a manifest for all)",
+            len(files),
+        )
+    return urls, combine_manifests(roots) if roots else None
 
 
 def acceptance_probabilities(counts: dict[str, int], mixture: dict[str, float]) -> dict[str, float]:
@@ -212,12 +368,15 @@ def _seed(*parts: Any) -> int:
 
 @dataclass
 class StreamCounters:
-    """What one worker has read (cumulative over epochs)."""
+    """What one worker has read (cumulative over epochs); `short` holds the shards that had fewer
+    samples than the manifest records (each counted and warned about once)."""
 
     read: int = 0
     corrupt: int = 0
     mixture_skipped: int = 0
     corrupt_reasons: dict[str, int] = field(default_factory=dict)
+    short: set[str] = field(default_factory=set)
+    eligible: int = 0  # samples of a task the mixture keeps (p > 0), in the current epoch
 
 
 class ShardStream(IterableDataset):
@@ -235,6 +394,13 @@ class ShardStream(IterableDataset):
         worker_offset: rotation of logical worker ids so a resumed loader continues in order.
         repeat: loop over epochs forever (False: one pass, for evaluation).
         shuffle: shuffle shards and samples (False: file order, for evaluation).
+        expected: shard URL -> samples its manifest records; a shard that yields fewer is counted
+            (`short_shards`) and warned about.
+
+    A worker whose shards hold no usable sample for this run (none of the mixture's tasks, or fewer
+    shards and samples than workers) yields nothing and stops with a warning: once its epoch was
+    empty when its share is the same every epoch, else after `EMPTY_EPOCHS` empty epochs in a row;
+    the other workers go on. `ResumableLoader` raises `NoDataError` when every worker stopped.
     """
 
     def __init__(
@@ -251,6 +417,7 @@ class ShardStream(IterableDataset):
         worker_offset: int = 0,
         repeat: bool = True,
         shuffle: bool = True,
+        expected: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.urls, self.cfg, self.batch_size, self.image_size = (
@@ -266,6 +433,7 @@ class ShardStream(IterableDataset):
             repeat,
             shuffle,
         )
+        self.expected = expected or {}
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -291,7 +459,17 @@ class ShardStream(IterableDataset):
 
         samples = tarfile_samples(({"url": u} for u in mine), handler=on_error)
         mix_rng = random.Random(_seed(self.seed, epoch, g, "mixture"))
+        # every worker reads every shard when splitting by sample: one of them checks the counts
+        check = bool(self.expected) and (g == 0 or not by_sample)
+        got: dict[str, int] = {}
+        url = None
+        counters.eligible = 0
         for i, sample in enumerate(samples):
+            if check:
+                if sample.get("__url__") != url and url is not None:
+                    self._check_count(url, got[url], counters)  # that shard is done
+                url = sample.get("__url__")
+                got[url] = got.get(url, 0) + 1
             if by_sample and i % total != g:
                 continue
             counters.read += 1
@@ -302,13 +480,30 @@ class ShardStream(IterableDataset):
             except Exception as exn:  # noqa: BLE001 - any malformed json is a corrupt sample
                 self._corrupt(counters, "bad_json", exn, sample.get("__key__"))
                 continue
-            if self.accept is not None:
-                p = self.accept.get(meta.get("task", ""), 0.0)
-                if p < 1.0 and mix_rng.random() >= p:
-                    counters.mixture_skipped += 1
-                    continue
+            p = 1.0 if self.accept is None else self.accept.get(meta.get("task", ""), 0.0)
+            counters.eligible += p > 0
+            if p < 1.0 and mix_rng.random() >= p:
+                counters.mixture_skipped += 1
+                continue
             sample["__meta__"] = meta
             yield sample
+        if check:  # the last shard, and shards that gave no sample at all (unreadable)
+            for u in mine:
+                self._check_count(u, got.get(u, 0), counters)
+
+    def _check_count(self, url: str, got: int, c: StreamCounters) -> None:
+        want = self.expected.get(url)
+        if want is None or got >= want or url in c.short:
+            return
+        c.short.add(url)
+        log.warning(
+            "shard %s yielded %d of the %d samples its manifest records (truncated or damaged?); "
+            "%d short shard(s) so far",
+            url,
+            got,
+            want,
+            len(c.short),
+        )
 
     def _shuffled(self, items: Iterator[dict], rng: random.Random) -> Iterator[dict]:
         size = self.cfg.shuffle_buffer if self.shuffle else 0
@@ -350,20 +545,24 @@ class ShardStream(IterableDataset):
         epoch, skip = self.start[worker] if self.start else (0, 0)
         counters = StreamCounters()
         batch: list[dict[str, Any]] = []
+        # the same share every epoch (splitting by sample, or one worker for everything)?
+        fixed_share = not self.shuffle or len(self.urls) < total or total == 1
+        empty = 0  # epochs in a row without a usable sample
         while True:
             n = 0
-            emitted = False
+            usable = False
             rng = random.Random(_seed(self.seed, epoch, g, "buffer"))
             for sample in self._shuffled(self._raw(epoch, g, total, counters), rng):
                 n += 1
-                emitted = True
                 if n <= skip:
+                    usable = True
                     continue  # resuming: already consumed before the restart
                 try:
                     batch.append(decode_sample(sample, self.image_size, self.cfg.max_context))
                 except Exception as exn:  # noqa: BLE001 - skip, count, and error out past the threshold
                     self._corrupt(counters, type(exn).__name__, exn, sample.get("__key__"))
                     continue
+                usable = True
                 if len(batch) == self.batch_size:
                     yield self._emit(batch, worker, epoch, n, counters)
                     batch = []
@@ -372,12 +571,19 @@ class ShardStream(IterableDataset):
                 if batch:
                     yield self._emit(batch, worker, epoch, n, counters)
                 return
-            if not emitted:
-                raise CorruptDataError(
-                    f"worker {g} of {total} got no usable samples in epoch {epoch} "
-                    f"({counters.read} read, {counters.corrupt} corrupt, "
-                    f"{counters.mixture_skipped} skipped by the mixture)"
+            empty = 0 if usable else empty + 1
+            if empty and ((fixed_share and not counters.eligible) or empty >= EMPTY_EPOCHS):
+                log.warning(
+                    "data worker %d of %d: no usable sample in %d epoch(s) of its shards (%d "
+                    "read, %d corrupt, %d skipped by the mixture); it stops, the others go on",
+                    g,
+                    total,
+                    empty,
+                    counters.read,
+                    counters.corrupt,
+                    counters.mixture_skipped,
                 )
+                return
             epoch += 1
 
     @staticmethod
@@ -390,6 +596,7 @@ class ShardStream(IterableDataset):
             "read": c.read,
             "corrupt": c.corrupt,
             "mixture_skipped": c.mixture_skipped,
+            "short_shards": len(c.short),
         }
         return out
 
@@ -398,8 +605,13 @@ class ResumableLoader:
     """A DataLoader over `ShardStream` that knows the data position of what the caller consumed.
 
     Args:
-        urls, cfg, batch_size, image_size, seed, rank, world_size, accept: as for `ShardStream`.
+        urls, cfg, batch_size, image_size, seed, rank, world_size, accept, expected: as for
+            `ShardStream`.
         state: a `state_dict()` of an earlier loader to continue from.
+
+    The DataLoader asks its workers in turn (skipping those that stopped), so a resumed loader
+    rotates the workers to start at the one after the last consumed batch's. When every worker has
+    stopped (none has a usable sample), iterating raises `NoDataError`.
     """
 
     def __init__(
@@ -414,10 +626,13 @@ class ResumableLoader:
         accept: dict[str, float] | None = None,
         state: dict[str, Any] | None = None,
         pin_memory: bool = False,
+        expected: dict[str, int] | None = None,
     ) -> None:
         workers = max(1, cfg.num_workers)
         self.num_workers = workers
+        self.num_shards = len(urls)
         self.batches = 0
+        self.next_worker = 0
         self.positions: list[tuple[int, int]] = [(0, 0)] * workers
         self.counters: list[dict[str, int]] = [{} for _ in range(workers)]
         if state:
@@ -429,6 +644,8 @@ class ResumableLoader:
                 )
             self.batches = state["batches"]
             self.positions = [tuple(p) for p in state["positions"]]
+            # older states: every worker alive, so the next one follows from the batch count
+            self.next_worker = state.get("next_worker", self.batches % workers)
         self.dataset = ShardStream(
             urls,
             cfg,
@@ -439,7 +656,8 @@ class ResumableLoader:
             world_size,
             accept,
             start=self.positions,
-            worker_offset=self.batches % workers,
+            worker_offset=self.next_worker,
+            expected=expected,
         )
         self.loader = DataLoader(
             self.dataset,
@@ -455,7 +673,16 @@ class ResumableLoader:
             self.positions[pos["worker"]] = (pos["epoch"], pos["n"])
             self.counters[pos["worker"]] = batch.pop("counters")
             self.batches += 1
+            self.next_worker = (pos["worker"] + 1) % self.num_workers
             yield batch
+        accept = self.dataset.accept
+        kept = sorted(t for t, p in (accept or {}).items() if p > 0)
+        raise NoDataError(
+            f"no data: none of the {self.num_workers} data worker(s) found a usable sample in the "
+            f"{self.num_shards} shard(s) ({self.totals()} so far"
+            + (f"; the mixture keeps only {', '.join(kept) or 'no task'}" if accept else "")
+            + "; see the warnings above): check the shards, data.mixture and data.max_context"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -463,11 +690,12 @@ class ResumableLoader:
             "num_workers": self.num_workers,
             "world_size": self.dataset.world_size,
             "positions": [list(p) for p in self.positions],
+            "next_worker": self.next_worker,
         }
 
     def totals(self) -> dict[str, int]:
         """Samples read / corrupt / skipped by the mixture, over this process's workers."""
-        keys = ("read", "corrupt", "mixture_skipped")
+        keys = ("read", "corrupt", "mixture_skipped", "short_shards")
         return {k: sum(c.get(k, 0) for c in self.counters) for k in keys}
 
 
@@ -475,6 +703,11 @@ def mixture_acceptance(cfg: DataConfig, manifest: dict[str, Any] | None) -> dict
     """Keep probabilities per task from the manifest's counts and the (possibly overridden) mixture."""
     if not cfg.use_mixture:
         return None
+    if cfg.mixture is None and (manifest or {}).get("mixture_conflict"):
+        raise ValueError(
+            f"{manifest['mixture_conflict']}; say which to train on with --mixture "
+            "(data.mixture), or data.use_mixture=false to take every sample as it comes"
+        )
     mixture = cfg.mixture if cfg.mixture is not None else (manifest or {}).get("mixture")
     counts = (manifest or {}).get("tasks")
     if not mixture:
@@ -506,11 +739,22 @@ def build_loader(
 ) -> ResumableLoader:
     """Resolve the shards (and manifest) of `cfg` and return a resumable loader over them."""
     urls, manifest = resolve_shards(cfg.shards)
+    expected = shard_sample_counts(manifest)
     if cfg.manifest:
         manifest = json.loads(_read_text(cfg.manifest))
     accept = mixture_acceptance(cfg, manifest)
     return ResumableLoader(
-        urls, cfg, batch_size, image_size, seed, rank, world_size, accept, state, pin_memory
+        urls,
+        cfg,
+        batch_size,
+        image_size,
+        seed,
+        rank,
+        world_size,
+        accept,
+        state,
+        pin_memory,
+        expected,
     )
 
 

@@ -14,6 +14,8 @@ Figures (all offline):
 - subject / neighbour: feature cosine similarity to the reference images (EfficientNet-lite0 from
   `mmdata.models.features` when available, else Inception features).
 The JSON names the backend behind every figure. A sample grid PNG shows context | target | generated.
+figures.json is strict JSON: a figure that cannot be computed (FID of fewer than 2 samples) is null, and
+`undefined` says why.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 from PIL import Image
 
 from mmdata.train import checkpoint as ckpt
-from mmdata.train.data import ShardStream, resolve_shards
+from mmdata.train.data import ShardStream, resolve_shards, shard_sample_counts
 from mmdata.train.diffusion import alphas_cumprod
 from mmdata.train.loop import encode_conditioning
 from mmdata.train.sampler import sample_images
@@ -63,6 +65,27 @@ class EvalConfig:
     device: str = "auto"
     tasks: list[str] = field(default_factory=list)  # empty = every task in the shards
     model_backends: bool = True  # False: only the self-contained proxies (no mmdata.models)
+
+    def validate(self) -> None:
+        """Every bad setting is a ValueError naming its command-line flag."""
+        from mmdata.core.tasks import TASKS
+
+        for name, low in (("num_samples", 1), ("batch_size", 1), ("steps", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        for name in ("text_scale", "context_scale"):
+            if not math.isfinite(getattr(self, name)):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a finite number, got {getattr(self, name)}")
+        if self.weights not in ("ema", "model"):
+            raise ValueError(f"--weights must be ema or model, got {self.weights!r}")
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(
+                f"--tasks: unknown task(s) {unknown}; known: {', '.join(sorted(TASKS))}"
+            )
 
 
 # -- feature extractors --------------------------------------------------------------------------------
@@ -302,18 +325,43 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
+def _strict_json(value: Any, undefined: dict[str, str], where: str = "") -> Any:
+    """`value` with every NaN or infinite number replaced by None (strict JSON has neither); each
+    replaced figure is named in `undefined` with the reason, unless a reason is there already."""
+    if isinstance(value, dict):
+        return {
+            k: _strict_json(v, undefined, f"{where}.{k}" if where else str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_strict_json(v, undefined, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        undefined.setdefault(where, f"not a finite number ({value})")
+        return None
+    return value
+
+
 def evaluate(ec: EvalConfig, text_encoder: TextEncoder | None = None) -> dict[str, Any]:
     """Generate for held-out samples and write `<output>/figures.json` and `<output>/grid.png`."""
+    ec.validate()
     device = pick_device(ec.device)
     model, cfg = ckpt.load_model(ec.checkpoint, ec.weights)
     model.to(device)
     text_encoder = text_encoder or TextEncoder(cfg.text, device)
     acp = alphas_cumprod(cfg.diffusion)
     size = cfg.model.image_size
-    urls, _ = resolve_shards(ec.shards)
+    urls, manifest = resolve_shards(ec.shards)
     data_cfg = cfg.data
     data_cfg.num_workers = 0
-    stream = ShardStream(urls, data_cfg, ec.batch_size, size, repeat=False, shuffle=False)
+    stream = ShardStream(
+        urls,
+        data_cfg,
+        ec.batch_size,
+        size,
+        repeat=False,
+        shuffle=False,
+        expected=shard_sample_counts(manifest),
+    )
     backends = Backends.load(device, ec.model_backends)
     out_dir = Path(ec.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -370,7 +418,12 @@ def evaluate(ec: EvalConfig, text_encoder: TextEncoder | None = None) -> dict[st
         "per_task": {},
     }
     g, t = np.concatenate(gens), np.concatenate(targets)
-    figures["fid"] = frechet_distance(g, t) if n_done >= 2 else math.nan
+    undefined: dict[str, str] = {}
+    if n_done >= 2:
+        figures["fid"] = frechet_distance(g, t)
+    else:
+        figures["fid"] = None
+        undefined["fid"] = f"FID needs at least 2 samples, got {n_done}"
     by_task: dict[str, list[dict]] = defaultdict(list)
     for row in per_sample:
         by_task[row["task"]].append(row)
@@ -379,9 +432,11 @@ def evaluate(ec: EvalConfig, text_encoder: TextEncoder | None = None) -> dict[st
         figures["per_task"][task] = {"n": len(rows)} | {
             m: float(np.mean([r[m] for r in rows if m in r])) for m in metrics
         }
-    (out_dir / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
+    figures = _strict_json(figures, undefined)
+    figures["undefined"] = undefined
+    (out_dir / "figures.json").write_text(json.dumps(figures, indent=2, allow_nan=False) + "\n")
     with open(out_dir / "samples.jsonl", "w") as f:
         for row in per_sample:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(_strict_json(row, {}), allow_nan=False) + "\n")
     save_grid(grid_rows, out_dir / "grid.png", size)
     return figures

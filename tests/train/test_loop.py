@@ -160,3 +160,77 @@ def test_bundled_example_configs_parse() -> None:
         data.setdefault("init_from", "x")  # lora needs a checkpoint to start from
         cfg = TrainConfig.from_dict(data)
         assert cfg.model == TrainConfig().model  # the defaults are the documented base model
+
+
+# -- review fixes ------------------------------------------------------------------------------------
+
+
+def test_resume_applies_a_changed_learning_rate(
+    tmp_path: Path, stage1_dir: Path, text_encoder: TextEncoder, caplog
+) -> None:
+    """The optimiser state of the checkpoint carries its lr; the resumed run's config wins, and the
+    change is logged as a warning."""
+    kw = dict(log_every=1, warmup_steps=0, checkpoint_every=2, weight_decay=0.0)
+    train(tiny_config(tmp_path, stage1_dir, max_steps=2, lr=1e-3, **kw), text_encoder)
+    resumed = tiny_config(tmp_path, stage1_dir, max_steps=4, lr=1e-5, resume=True, **kw)
+    resumed.weight_decay = 0.01
+    with caplog.at_level("WARNING", logger="mmdata.train.loop"):
+        train(resumed, text_encoder)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lr"]) for r in log] == [(1, 1e-3), (2, 1e-3), (3, 1e-5), (4, 1e-5)]
+    assert "lr 0.001 -> 1e-05, weight_decay 0.0 -> 0.01" in caplog.text
+    opt = torch.load(ckpt.latest_checkpoint(tmp_path) / "optimizer.pt", weights_only=True)
+    group = opt["optimizer"]["param_groups"][0]
+    assert group["lr"] == 1e-5 and group["weight_decay"] == 0.01
+    assert opt["scheduler"]["base_lrs"] == [1e-5]
+
+
+def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(
+    tmp_path: Path, stage1_dir: Path, text_encoder: TextEncoder, monkeypatch
+) -> None:
+    from mmdata.train import loop
+    from mmdata.train.data import NoDataError
+
+    # data that yields nothing: the trainer fails at its first batch, and leaves no folder behind
+    out = tmp_path / "run"
+    bad = tiny_config(out, stage1_dir, data=DataConfig(shards=[str(stage1_dir)], num_workers=0))
+    monkeypatch.setattr(loop, "build_loader", _loader_without_data(loop.build_loader))
+    with pytest.raises(NoDataError):
+        train(bad, text_encoder)
+    assert not out.exists()
+    monkeypatch.undo()
+
+    # a failure after some steps: config.json goes, the log stays and says it failed
+    out.mkdir()
+    calls = {"n": 0}
+    real_loss = loop.diffusion_loss
+
+    def failing_loss(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("boom")
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(loop, "diffusion_loss", failing_loss)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(tiny_config(out, stage1_dir, max_steps=4, log_every=1), text_encoder)
+    monkeypatch.undo()
+    assert not (out / "config.json").exists() and ckpt.latest_checkpoint(out) is None
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 2] and records[-1][
+        "failed"
+    ] == "RuntimeError: boom"
+
+    # a rerun into that folder is a new run
+    result = train(tiny_config(out, stage1_dir, max_steps=2, log_every=1), text_encoder)
+    assert result.step == 2 and (out / "config.json").exists()
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").open()] == [1, 2]
+
+
+def _loader_without_data(build):
+    def build_loader(cfg, *a, **k):
+        loader = build(cfg, *a, **k)
+        loader.dataset.accept = {"edge2img": 1.0}  # the retrieval shards have none
+        return loader
+
+    return build_loader

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import open_clip
+import pytest
 import torch
 
-from mmdata.train.config import TextConfig
+from mmdata.train.config import TextConfig, TrainConfig
 from mmdata.train.text import TextEncoder, _open_clip_tokens
 
 TINY = {
@@ -50,3 +51,28 @@ def test_open_clip_text_tower_from_a_local_file(tmp_path):
     assert torch.allclose(
         out.tokens, direct, atol=1e-6
     )  # the saved weights were loaded, not fresh ones
+
+
+def test_open_clip_without_weights_is_refused_unless_random_init_is_asked(tmp_path, caplog):
+    """As mmdata.models.clip: missing weights are an error, not a silent random tower."""
+    from mmdata.weights import WeightsMissingError
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "tiny-text-clip.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(tmp_path / "cfg")
+    with pytest.raises(ValueError, match="text.backend open_clip needs weights"):
+        TrainConfig.from_dict({"text": {"backend": "open_clip"}})
+    cfg = TextConfig(backend="open_clip", open_clip_model="tiny-text-clip", max_tokens=16)
+    with pytest.raises(WeightsMissingError, match="no weights; set text.open_clip_pretrained"):
+        _ = TextEncoder(cfg).dim
+    missing = TextConfig(**{**cfg.__dict__, "open_clip_pretrained": str(tmp_path / "no.pt")})
+    with pytest.raises(WeightsMissingError, match="no.pt' not found"):
+        _ = TextEncoder(missing).dim
+
+    asked = TextConfig(**{**cfg.__dict__, "open_clip_random_init": True})
+    assert TrainConfig.from_dict({"text": {"backend": "open_clip", "open_clip_random_init": True}})
+    with caplog.at_level("WARNING", logger="mmdata.train.text"):
+        a = TextEncoder(asked).encode(["a red circle"]).pooled
+    assert "RANDOM weights" in caplog.text
+    torch.manual_seed(123)  # the random tower is seeded: sampling rebuilds the same one
+    assert torch.equal(a, TextEncoder(asked).encode(["a red circle"]).pooled)
