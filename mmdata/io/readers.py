@@ -23,6 +23,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import posixpath
 import tarfile
@@ -40,6 +41,8 @@ from mmdata.core.keys import slug, slug_key, stable_hash
 from mmdata.io import paths
 from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
 from mmdata.records import RawRecord
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 SIDECAR_EXTS = {"json", "txt"}
@@ -208,19 +211,54 @@ class _Source(beam.PTransform):
         self.cfg = cfg or IngestConfig()
 
 
-def _list_local(root: str) -> Iterator[tuple[str, int | None]]:
-    """(path, size) of every file under the local folder `root`, as Beam's local filesystem lists them
-    (`os.walk`, symlinked folders not followed), except that a file whose `stat` fails (a broken
-    symlink) is listed with size None instead of being skipped: Beam's listing drops it silently, and
-    an image the reader never saw would be neither kept nor rejected."""
-    for dirpath, _, files in os.walk(root):
-        for name in sorted(files):
-            path = os.path.join(dirpath, name)
-            try:
-                size: int | None = os.path.getsize(path)
-            except OSError:
-                size = None
-            yield path, size
+def _list_local(root: str, warn: bool = True) -> Iterator[tuple[str, int | None]]:
+    """(path, size) of every file under the local folder `root`, in a fixed order. Unlike Beam's local
+    listing (which drops them unseen), symlinked folders are followed when they lead out of the tree
+    (a folder of links to the real data is common); a link to a folder already in the tree, or to one
+    holding it (a link loop, `up -> ..`), is skipped with a warning: its files are read under their
+    own names. A file whose `stat`
+    fails (a broken symlink) is listed with size None instead of being skipped: an image the reader
+    never saw would be neither kept nor rejected."""
+    trees = [
+        os.path.realpath(root)
+    ]  # real folders being read: the input, and followed link targets
+
+    def overlaps(real: str) -> bool:  # inside a tree being read, or holding one (a link to `..`)
+        return any(
+            real == t
+            or real.startswith(t.rstrip(os.sep) + os.sep)
+            or t.startswith(real.rstrip(os.sep) + os.sep)
+            for t in trees
+        )
+
+    def walk(top: str) -> Iterator[tuple[str, int | None]]:
+        for dirpath, dirs, files in os.walk(top):  # symlinked folders are in `dirs`, not descended
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(dirpath, name)
+                try:
+                    size: int | None = os.path.getsize(path)
+                except OSError:
+                    size = None
+                yield path, size
+            for d in dirs:
+                link = os.path.join(dirpath, d)
+                if not os.path.islink(link):
+                    continue
+                real = os.path.realpath(link)
+                if overlaps(real):
+                    if warn:  # the job's listing says it; the check before the job is silent
+                        log.warning(
+                            "%s: not followed, it links to %s, which is (or holds) a folder read "
+                            "already",
+                            link,
+                            real,
+                        )
+                    continue
+                trees.append(real)
+                yield from walk(link)
+
+    yield from walk(root)
 
 
 def _unlistable_detail(path: str) -> str:
@@ -250,7 +288,7 @@ def check_folder_has_images(root: str) -> None:
     their images is a wrong path far more often than data)."""
     others: list[str] = []
     n_others = 0
-    for path, _ in _list_local(root):
+    for path, _ in _list_local(root, warn=False):
         rel = path[len(root) :].lstrip("/")
         if _skipped_in_folder(rel):
             continue

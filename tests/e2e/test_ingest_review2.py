@@ -227,6 +227,29 @@ def test_a_broken_symlink_is_a_reject(tmp_path):
     assert rej["source"] == str(src / "b.png") and m["counts"]["ingest"]["input"] == 2
 
 
+def test_symlinked_folders_are_followed_once(tmp_path, caplog):
+    """A folder of links to the real data is read through the links; a link back into the tree, or
+    to a folder holding it (a loop), is not followed twice (a warning says so) and the job ends."""
+    data = tmp_path / "elsewhere" / "cats"
+    data.mkdir(parents=True)
+    (data / "c.png").write_bytes(_png(5))
+    (data / "c.txt").write_text("a cat shape")
+    os.symlink(data.parent, data / "loop")  # a loop inside the linked folder
+    src = tmp_path / "src"
+    (src / "own").mkdir(parents=True)
+    (src / "own" / "a.png").write_bytes(_png(1))
+    (src / "own" / "a.txt").write_text("a shape")
+    os.symlink(data, src / "cats")
+    os.symlink(src / "own", src / "again")  # a second name for a folder in the tree
+    os.symlink(tmp_path, src / "up")  # holds the input itself
+    m, kept, rejects = _run(str(src), tmp_path / "out")
+    names = sorted(os.path.relpath(r["source"], src) for r in kept)
+    assert names == ["cats/c.png", "own/a.png"] and rejects == []
+    assert m["counts"]["ingest"]["input"] == 2
+    for name in ("again", "up", "loop"):
+        assert caplog.text.count(f"{name}: not followed") == 1, name
+
+
 def test_a_tar_sample_with_two_images_rejects_the_second(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
