@@ -9,6 +9,7 @@ the client would be built with default options (the provider's public endpoint).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import IO, Any
 
@@ -41,7 +42,8 @@ def _s3io() -> Any:
     options is what boto3 recommends (clients are thread-safe, sessions are not)."""
     opts = FileSystems._pipeline_options  # noqa: SLF001 - the options Beam's own filesystems use
     cached = getattr(_THREAD, "s3", None)
-    if cached is not None and cached[0] is opts:
+    # a forked process (a DataLoader worker) makes its own: a client's connections are not to share
+    if cached is not None and cached[0] is opts and cached[2] == os.getpid():
         return cached[1]
     try:
         from apache_beam.io.aws import s3io
@@ -52,7 +54,7 @@ def _s3io() -> Any:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     client = s3io.S3IO(options=opts if opts is not None else PipelineOptions([]))
-    _THREAD.s3 = (opts, client)
+    _THREAD.s3 = (opts, client, os.getpid())
     return client
 
 

@@ -60,6 +60,56 @@ def _is_dataset_root(spec: str) -> bool:
     return not spec.startswith("pipe:") and not spec.endswith(".tar") and "{" not in spec
 
 
+def _gopen_beam(url: str, mode: str = "rb", bufsize: int = 8192) -> Any:
+    """webdataset opener for object-store URLs through Beam's filesystems (`mmdata.io.paths`): the
+    same code and credentials the pipelines wrote the dataset with (for `s3://`: boto3's usual chain,
+    `AWS_ENDPOINT_URL` for S3-compatible stores). A missing object is a FileNotFoundError."""
+    from mmdata.io import paths
+
+    if not mode.startswith("r"):
+        raise ValueError(f"{url}: the trainer only reads shards (mode {mode!r})")
+    if not paths.exists(url):
+        raise FileNotFoundError(f"{url}: no such object")
+    return paths.open_read(url)
+
+
+# The client library each of Beam's object-store filesystems needs (its extra: apache-beam[aws|gcp|azure]).
+_SCHEME_CLIENTS = {"s3": "boto3", "gs": "google.cloud.storage", "azfs": "azure.storage.blob"}
+
+
+def _beam_scheme(scheme: str) -> bool:
+    """Whether Beam can read `scheme://` here: its extra's client library is installed (looked up,
+    not imported: importing Beam's GCS module alone logs a warning) and Beam has the filesystem."""
+    import importlib.util
+
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        if importlib.util.find_spec(_SCHEME_CLIENTS[scheme]) is None:
+            return False
+    except ModuleNotFoundError:  # a parent package (google.cloud) is missing
+        return False
+    try:
+        FileSystems.get_filesystem(f"{scheme}://bucket/x")
+    except ValueError:
+        return False
+    return True
+
+
+def register_object_store_openers(urls: list[str]) -> None:
+    """Let webdataset read the `s3://` / `gs://` / `azfs://` URLs among `urls` through Beam's
+    filesystems where their extras are installed. webdataset alone has no `s3` opener (its `gs` one
+    shells out to `gsutil`, kept when Beam's GCS support is not installed). Called where shards are
+    resolved and again in each loader worker (a spawned worker starts with webdataset's table)."""
+    import importlib
+
+    wanted = {u.split("://", 1)[0] for u in urls if "://" in u} & set(_SCHEME_CLIENTS)
+    schemes = importlib.import_module("webdataset.gopen").gopen_schemes
+    for scheme in sorted(wanted):
+        if schemes.get(scheme) is not _gopen_beam and _beam_scheme(scheme):
+            schemes[scheme] = _gopen_beam
+
+
 def _read_text(url: str) -> str:
     import webdataset as wds
 
@@ -241,6 +291,7 @@ def resolve_shards(specs: list[str]) -> tuple[list[str], dict[str, Any] | None]:
     urls: list[str] = []
     roots: list[tuple[str, dict[str, Any]]] = []
     files: list[str] = []
+    register_object_store_openers(specs)
     for spec in specs:
         if _is_dataset_root(spec):
             root, m = _read_manifest(spec)
@@ -446,6 +497,7 @@ class ShardStream(IterableDataset):
         from webdataset.tariterators import tarfile_samples
 
         shards = list(self.urls)
+        register_object_store_openers(shards)
         if self.shuffle:
             random.Random(_seed(self.seed, epoch, "shards")).shuffle(shards)
         by_sample = (

@@ -213,3 +213,58 @@ def test_reads_share_one_client_per_thread(s3, monkeypatch):
     assert not paths.exists(f"s3://{BUCKET}/few/missing.bin")
     assert len(made) <= 1
     paths.use_options(None)  # the next options object gets its own client
+
+
+def test_trainer_streams_a_dataset_from_the_store(s3, monkeypatch, tmp_path, capsys):
+    """`mmdata train --shards s3://...`: the manifest and shards are read through Beam's S3
+    filesystem (webdataset has no s3 opener), with boto3's usual credentials and endpoint (the
+    environment; the trainer takes no Beam options), in the loader's worker processes too."""
+    from apache_beam.io.filesystems import FileSystems
+
+    client, args = s3
+    _upload_manifest(client)
+    data = f"s3://{BUCKET}/train/demo"
+    assert main(["demo", "--input", f"s3://{BUCKET}/in/pairs.jsonl", "--output", data, *args]) == 0
+    endpoint = args[0].split("=", 1)[1]
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test-key-id",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(FileSystems, "_pipeline_options", None)  # none of the jobs' options left
+    tiny = [
+        "model.image_size=16",
+        "model.base_channels=16",
+        "model.channel_mults=[1,2]",
+        "model.num_res_blocks=1",
+        "model.attention_levels=[1]",
+        "model.head_channels=16",
+        "model.cond_dim=32",
+        "data.num_workers=2",
+        "data.shuffle_buffer=4",
+        "progress=false",
+    ]
+    out = tmp_path / "run"
+    sets = [a for t in tiny for a in ("--set", t)]
+    argv = [
+        "train",
+        "--shards",
+        data,
+        "--output",
+        str(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+    ]
+    assert main([*argv, *sets]) == 0, capsys.readouterr().err[-2000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log and log[-1]["step"] == 3
+    assert (out / "checkpoints").is_dir()
+    # a dataset root that is not there is a one-line error naming it
+    assert (
+        main(["train", "--shards", f"s3://{BUCKET}/nothing", "--output", str(tmp_path / "r2")]) == 2
+    )
+    assert "not an mmdata dataset" in capsys.readouterr().err
