@@ -24,6 +24,9 @@ BENIGN = (
     "No semi_persistent_directory found",
     "Discarding unparseable args",
 )
+# The loggers those lines come from: the root logger (apitools), Beam's worker main (run as
+# `__main__`), its pipeline options.
+BENIGN_LOGGERS = ("", "__main__", "apache_beam.options.pipeline_options")
 MODULE = "mmdata.beam_worker"
 BEAM_MODULE = "apache_beam.runners.worker.sdk_worker_main"
 
@@ -44,11 +47,18 @@ def install_stderr_handler() -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(_DropBenign())
     logging.getLogger().addHandler(handler)
+    # The same lines are also relayed to the runner (Beam's log handler, added later to the root
+    # logger): drop them at the loggers that make them, before any handler sees them.
+    for name in BENIGN_LOGGERS:
+        logging.getLogger(name).addFilter(_DropBenign())
     return handler
 
 
 def main() -> None:
     install_stderr_handler()
+    from mmdata.runner import shorten_state_sampling
+
+    shorten_state_sampling()  # bundles end without waiting up to 200 ms for the sampler thread
     sys.argv[0] = BEAM_MODULE
     runpy.run_module(BEAM_MODULE, run_name="__main__", alter_sys=True)
 

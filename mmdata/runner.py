@@ -78,6 +78,32 @@ def quiet_worker_logs(opts: PipelineOptions) -> None:
         harness.sdk_harness_log_level_overrides = dict(WORKER_LOG_OVERRIDES)
 
 
+# Beam's state sampler (the per-bundle thread that attributes processing time to steps) sleeps in steps
+# growing to 200 ms, and ending a bundle joins that thread: each bundle waits for its sampler's current
+# sleep, up to 200 ms. On the bench-ingest corpus (3,000 images, 768 px, 1 worker) the job took a median
+# 3.89 s with 200 ms and 3.52 s with 10 ms (6 interleaved runs each, 2026-12-02). At 10 ms the wait is
+# negligible and the thread wakes 100 times a second, which costs nothing measurable; the timings it
+# samples only get finer.
+STATE_SAMPLING_PERIOD_MS = 10
+
+
+def shorten_state_sampling(period_ms: int = STATE_SAMPLING_PERIOD_MS) -> bool:
+    """Make the state samplers Beam's bundle processors create in this process sample every
+    `period_ms` (their default, 200 ms, is a constructor default, so it is changed there). Only
+    while it is Beam's own default (a Beam version that changed it is left alone). Returns whether
+    the period is now `period_ms`."""
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    defaults = init.__defaults__
+    if defaults == (period_ms,):
+        return True
+    if defaults != (statesampler.DEFAULT_SAMPLING_PERIOD_MS,) or defaults != (200,):
+        return False
+    init.__defaults__ = (period_ms,)
+    return True
+
+
 class LocalDirectRunner(PipelineRunner):
     """Beam's DirectRunner without its first try on PrismRunner.
 
@@ -127,6 +153,7 @@ class LocalDirectRunner(PipelineRunner):
                         if any(tm.time_domain == TimeDomain.REAL_TIME for tm in timers):
                             self.found = True
 
+        shorten_state_sampling()  # this process's bundles (in_memory); workers do it at start-up
         visitor = _NeedsBundleRunner()
         pipeline.visit(visitor)
         if visitor.found:
