@@ -12,7 +12,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 export UV_COMPILE_BYTECODE := 1
 
 .PHONY: setup demo test test-fast lint format bench-ingest bench-models models-quality bench-templates bench-train \
-	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop clean
+	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop dist clean
 
 setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~10 min on 2 cores)
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -72,6 +72,11 @@ corpus-sources-all:  ## also @iconify/json (~390k icons, ~465 MB)
 
 corpus:  ## rebuild the bundled sample corpus from .cache/npm
 	$(RUN) mmdata corpus sample --sources .cache/npm --out mmdata/sample_corpus --overwrite
+
+DIST ?= dist
+dist:  ## $(DIST)/: the mmdata wheel + requirements.txt (the lock's exact pins) for cluster workers
+	$(UV) build --wheel --out-dir $(DIST)
+	$(UV) export --frozen --no-dev --no-group llm --no-emit-project --no-hashes --output-file $(DIST)/requirements.txt
 
 clean:
 	rm -rf $(OUT) .pytest_cache

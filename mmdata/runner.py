@@ -286,6 +286,32 @@ def redact_args(args: list[str] | None) -> list[str]:
     return out
 
 
+# Runners whose workers run elsewhere (their own machines or containers) and so need mmdata installed.
+_REMOTE_RUNNERS = ("dataflowrunner", "flinkrunner", "sparkrunner", "portablerunner", "dataflow")
+# Options that give such workers mmdata: an image holding it, or packages Beam stages for them.
+_PACKAGING = ("sdk_container_image", "setup_file", "extra_packages", "requirements_file")
+
+
+def packaging_problem(opts: PipelineOptions) -> str | None:
+    """Why a remote runner's workers would not have mmdata (they fail on their first bundle, minutes
+    into the job, importing it), or None: the runner is local, LOOPBACK (workers in this process), or
+    one of --sdk_container_image / --setup_file / --extra_package / --requirements_file is given."""
+    runner = str(opts.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+    if runner not in _REMOTE_RUNNERS:
+        return None
+    everything = opts.get_all_options(drop_default=True)
+    if str(everything.get("environment_type") or "").upper() == "LOOPBACK":
+        return None
+    if any(everything.get(o) for o in _PACKAGING):
+        return None
+    return (
+        f"the {opts.view_as(StandardOptions).runner} workers need mmdata and its locked dependencies "
+        "installed, and none of --sdk_container_image, --setup_file, --extra_package or "
+        "--requirements_file is given: `make dist` writes the wheel and requirements.txt for a worker "
+        'image (README: "Running on a cluster")'
+    )
+
+
 def run_pipeline(
     build: Callable[[beam.Pipeline], Any],
     beam_args: list[str] | None = None,
@@ -298,6 +324,8 @@ def run_pipeline(
     from mmdata.io.sourcebytes import clear_cache
 
     opts = pipeline_options(beam_args)
+    if problem := packaging_problem(opts):
+        log.warning("%s", problem)
     try:
         with _Pipeline(runner=local_runner(opts), options=opts) as p:
             build(p)
