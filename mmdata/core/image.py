@@ -6,12 +6,16 @@ Policy (also in README, "Images"):
   (`decompression_bomb`), so a 50k x 50k PNG of a few KB never allocates gigabytes.
 - Not decodable: `not_an_image` (unknown format), `truncated_image` (data ends early), `corrupt_image`
   (anything else the decoder raises).
-- Normalised on purpose: EXIF orientation applied; CMYK, YCbCr, LAB, HSV, palette without transparency,
-  1-bit and greyscale -> RGB; palette with transparency, LA, PA and premultiplied alpha -> RGBA (alpha is kept:
-  it is a free mask); 16-bit and 32-bit integer or float greyscale are rescaled to 8 bits; animations keep
-  their first frame. A fully opaque alpha channel is dropped (RGB).
+- Normalised on purpose: EXIF orientation applied (values outside 2-8 are invalid and read as upright);
+  CMYK, YCbCr, LAB, HSV, palette without transparency, 1-bit and greyscale -> RGB; palette with
+  transparency, LA, PA, premultiplied alpha (RGBa, La) and a greyscale or RGB PNG with a transparent colour
+  (tRNS) -> RGBA (alpha is kept: it is a free mask); 16-bit (RGB, RGBA and greyscale PNGs included) and
+  32-bit integer or float greyscale are rescaled to 8 bits (float in [0, 1] by x255, other floats by their
+  range); animations keep their first frame. A fully opaque alpha channel is dropped (RGB).
 - Re-encoding: original bytes are kept when the image is already an 8-bit RGB/RGBA JPEG, PNG or WebP that
-  needed no change; everything else is re-encoded as PNG (lossless, deterministic).
+  needed no change; everything else is re-encoded as PNG (lossless, deterministic). A re-encoded PNG keeps
+  an RGB ICC profile; a profile of another colour space (CMYK, grey) no longer describes the RGB pixels
+  and is left out, as is every other chunk of the original (text, tRNS, EXIF).
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from mmdata.core.reasons import Reason
 Image.MAX_IMAGE_PIXELS = None
 
 KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
+# EXIF orientations that move pixels; 1 is upright, anything else (0, 9, garbage) is invalid.
+_MOVING_ORIENTATIONS = frozenset(range(2, 9))
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The IHDR bit depth of PNG bytes (PIL reads a 16-bit RGB/RGBA PNG as 8-bit RGB/RGBA)."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) > 24:
+        return data[24]
+    return None
 
 
 @dataclass
@@ -84,15 +98,16 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             orientation = img.getexif().get(0x0112, 1)
+            moves = orientation in _MOVING_ORIENTATIONS
             if reduced_jpeg_check and original_format == "JPEG" and img.mode == "RGB":
                 # Kept byte for byte: its pixels are not needed, only proof that the whole scan
                 # decodes. libjpeg's 1/8 DCT scaling still entropy-decodes every coefficient (a
                 # truncated or broken stream fails the same way) and skips most of the IDCT.
-                if orientation in (None, 1):
+                if not moves:
                     img.draft("RGB", (-(-w // 8), -(-h // 8)))
                     reduced = True
             img.load()
-            rotated = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+            rotated = ImageOps.exif_transpose(img) if moves else img
     except Exception as e:  # noqa: BLE001
         return _decode_error(e)
     if reduced:  # RGB, upright, one frame: kept as it is, at the size the header gave
@@ -114,12 +129,11 @@ def decode_image(
     except Exception as e:  # noqa: BLE001
         return Reason("unsupported_mode", f"mode {original_mode}: {type(e).__name__}: {e}")
     changed = changed or mode_changed or getattr(img, "n_frames", 1) > 1
+    changed = changed or (original_format == "PNG" and _png_bit_depth(data) == 16)
     if not changed and original_format in KEEP_FORMATS:
         encoded, fmt = data, KEEP_FORMATS[original_format]
     else:
-        buf = io.BytesIO()
-        out.save(buf, format="PNG", compress_level=6)
-        encoded, fmt = buf.getvalue(), "png"
+        encoded, fmt = _encode_png(out), "png"
     return DecodedImage(
         data=encoded,
         format=fmt,
@@ -131,6 +145,21 @@ def decode_image(
         original_format=original_format.lower(),
         original_mode=original_mode,
     )
+
+
+def _encode_png(img: Image.Image) -> bytes:
+    """Lossless, deterministic PNG of an RGB/RGBA image: pixels plus an RGB ICC profile, nothing else.
+
+    PIL carries the source's `info` through conversions and its PNG writer would copy some of it
+    (a CMYK or grey ICC profile into an RGB PNG, a tRNS colour key the alpha channel replaced)."""
+    icc = img.info.get("icc_profile")
+    img.info = {}
+    buf = io.BytesIO()
+    if isinstance(icc, bytes) and icc[16:20] == b"RGB ":
+        img.save(buf, format="PNG", compress_level=6, icc_profile=icc)
+    else:
+        img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def _decode_error(e: Exception) -> Reason:
@@ -145,6 +174,8 @@ def _decode_error(e: Exception) -> Reason:
 def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
     """Convert any PIL mode to 8-bit RGB or RGBA. Returns (image, changed)."""
     mode = img.mode
+    if mode in ("L", "RGB") and "transparency" in img.info:  # tRNS: one colour is transparent
+        return normalise_mode(img.convert("RGBA"))[0], True
     if mode == "RGB":
         return img, False
     if mode == "RGBA":
@@ -154,6 +185,7 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
         return img, False
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        trns = img.info.get("transparency")
         if mode.startswith("I;16"):
             arr = arr / 257.0
         elif mode == "I":
@@ -162,9 +194,19 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
                 arr / 257.0 if lo >= 0 and hi <= 65535 else (arr - lo) / max(hi - lo, 1e-9) * 255.0
             )
         else:
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            # Float images are conventionally in [0, 1]; stretching those by their own range would
+            # turn a flat dark image into a full-contrast one.
+            if lo >= 0.0 and hi <= 1.0:
+                arr = arr * 255.0
+            else:
+                arr = (arr - lo) / max(hi - lo, 1e-9) * 255.0
+            arr = np.nan_to_num(arr, nan=0.0)
         grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+        if isinstance(trns, int) and mode.startswith("I;16"):  # 16-bit grey PNG with a tRNS value
+            alpha = np.where(np.asarray(img) == trns, 0, 255).astype(np.uint8)
+            rgba = Image.merge("RGBA", [grey, grey, grey, Image.fromarray(alpha, "L")])
+            return normalise_mode(rgba)[0], True
         return grey.convert("RGB"), True
     if mode == "P":
         has_alpha = (
@@ -173,6 +215,8 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
         if has_alpha:
             return normalise_mode(img.convert("RGBA"))[0], True
         return img.convert("RGB"), True
+    if mode == "La":  # premultiplied grey + alpha (TIFF): PIL converts it to LA only
+        img = img.convert("LA")
     if mode in ("LA", "PA", "RGBa", "La"):
         return normalise_mode(img.convert("RGBA"))[0], True
     # L, 1, CMYK, YCbCr, LAB, HSV
