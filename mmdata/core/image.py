@@ -223,6 +223,13 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
     return img.convert("RGB"), True
 
 
+def load_pixels(data: bytes) -> np.ndarray:
+    """Decode already-checked image bytes to an (H, W, 3) RGB or (H, W, 4) RGBA uint8 array."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return np.asarray(img if img.mode in ("RGB", "RGBA") else img.convert("RGBA"))
+
+
 def load_rgb_array(data: bytes, background: int = 255) -> np.ndarray:
     """Decode already-checked image bytes to an (H, W, 3) uint8 array, alpha composited on `background`."""
     img = Image.open(io.BytesIO(data))
