@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 from mmdata.core.keys import stable_hash
 from mmdata.core.reasons import Reason
 from mmdata.core.tasks import get_task
 from mmdata.core.templates import MARKER, Template, choose_template, fill_template, markers_of
 from mmdata.records import ContextEntry, ImageTextPair, InstructionSample
+
+# A placeholder directly followed by sentence-ending punctuation in a template ("Draw {caption}.").
+_PLACEHOLDER_THEN_STOP = re.compile(r"(\{([A-Za-z_]\w*)\})([.!?])")
+_STOPS = (".", "!", "?", "\u2026", "\u3002")  # . ! ? … 。
+
+
+def fill_instruction(template: Template, values: dict[str, str]) -> str:
+    """Fill `template`; where the template ends a sentence right after a value that already ends one
+    ("Draw {caption}." with "A red apple."), the template's stop is left out ("A red apple.." otherwise)."""
+
+    def stop(m: re.Match) -> str:
+        value = values.get(m.group(2))
+        return (
+            m.group(1) if isinstance(value, str) and value.rstrip().endswith(_STOPS) else m.group(0)
+        )
+
+    text = _PLACEHOLDER_THEN_STOP.sub(stop, template.text)
+    return fill_template(dataclasses.replace(template, text=text), values)
 
 
 def make_sample(
@@ -20,6 +41,8 @@ def make_sample(
     """Fill a template for `task` and assemble the sample.
 
     Every marker in the instruction has exactly one context entry, in order, and every entry is referred to.
+    The sample's metadata holds the target's source, URL and, under `target_metadata`, the target
+    pair's metadata.
     """
     spec = get_task(task)
     if len(context) != len(spec.roles):
@@ -32,7 +55,7 @@ def make_sample(
     source_keys = [target.key] + [k for c in context for k in c.source_keys if k != target.key]
     source_keys = list(dict.fromkeys(source_keys))
     template = choose_template(templates, seed, task, *source_keys)
-    instruction = fill_template(template, values)
+    instruction = fill_instruction(template, values)
     if sorted(set(markers_of(instruction))) != sorted(spec.markers):
         # A caption that itself contains "[ref#N]" would break the marker contract.
         raise ValueError(f"instruction markers do not match task {task}: {instruction!r}")
@@ -49,7 +72,13 @@ def make_sample(
         target_source_key=target.key,
         context=context,
         source_keys=source_keys,
-        metadata={"source": target.source, **({"url": target.url} if target.url else {})},
+        metadata={
+            "source": target.source,
+            **({"url": target.url} if target.url else {}),
+            # The target pair's own metadata (sidecar fields such as license and author, quality
+            # metrics): the dataset's only per-sample record of them.
+            **({"target_metadata": dict(target.metadata)} if target.metadata else {}),
+        },
     )
 
 
