@@ -61,7 +61,37 @@ class _DropImportNoise(logging.Filter):
         return not any(n in message for n in self.NOISE)
 
 
+# What a local multi_processing job's workers import first (the rest follows from the pickled steps).
+JOB_MODULES = ["pipelines.demo", "pipelines.ingest"]
+
+
+def _multi_processing_local(argv: list[str]) -> bool:
+    """Whether the command line asks for local worker processes (`--direct_running_mode
+    multi_processing` on the DirectRunner, the default runner)."""
+    mode = runner = None
+    for i, a in enumerate(argv):
+        for flag in ("--direct_running_mode", "--runner"):
+            if a == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(flag + "="):
+                value = a.split("=", 1)[1]
+            else:
+                continue
+            if flag == "--runner":
+                runner = value
+            else:
+                mode = value
+    direct = runner is None or runner.lower() in ("directrunner", "direct", "switchingdirectrunner")
+    return mode == "multi_processing" and direct
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _multi_processing_local(sys.argv[1:] if argv is None else argv):
+        from mmdata.beam_worker import worker_zygote
+
+        # Worker processes are forked from one that imports Beam's worker and the job's modules: start
+        # it now, so it imports beside this process's own imports rather than after them.
+        worker_zygote(JOB_MODULES)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

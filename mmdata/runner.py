@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,9 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
         )
     if direct.direct_running_mode == "multi_processing" and is_direct(std.runner):
         quiet_worker_logs(opts)
+        from mmdata.beam_worker import worker_zygote
+
+        worker_zygote()  # starts importing while the job's graph is built
     if "DaskRunner" in str(std.runner):
         from mmdata.dask_compat import patch_dask_runner
 
@@ -176,7 +180,7 @@ def _fn_api_runner_class() -> type:
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
-    from mmdata.beam_worker import BEAM_MODULE, MODULE
+    from mmdata.beam_worker import BEAM_MODULE, MODULE, VIA_FLAG, worker_zygote
 
     class FnApiRunner(fn_runner.FnApiRunner):
         # `run_pipeline` sets `_default_environment` from --direct_running_mode; the setter swaps the
@@ -191,6 +195,9 @@ def _fn_api_runner_class() -> type:
                 f" -m {BEAM_MODULE}"
             ):
                 env.command_string = env.command_string[: -len(BEAM_MODULE)] + MODULE
+                zygote = worker_zygote()
+                if zygote is not None:  # workers forked from it (warm start), not started cold
+                    env.command_string += f" {VIA_FLAG} {shlex.quote(zygote.socket)}"
             self._mmdata_environment = env
 
     return FnApiRunner

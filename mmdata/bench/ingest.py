@@ -20,10 +20,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import webdataset as wds
 from PIL import Image, ImageOps
 
+from mmdata.beam_worker import ZYGOTE_ENV, close_zygote
 from mmdata.config import IngestJobConfig, ShardConfig
 from mmdata.core.caption import clean_caption
 from mmdata.core.image import decode_image
@@ -118,8 +120,27 @@ def beam_ingest(
 ) -> int:
     cfg = IngestJobConfig(input=str(corpus), output=str(out), shards=ShardConfig(maxcount=maxcount))
     cfg.ingest.full_jpeg_decode = full_jpeg_decode
-    ingest.run(cfg, beam_args, overwrite=True)
+    try:
+        ingest.run(cfg, beam_args, overwrite=True)
+    finally:
+        # Each timed multi_processing job starts its own worker zygote, as a `mmdata ingest` run does
+        # (it would otherwise serve the next job of this process warm), and its CPU time is counted.
+        close_zygote()
     return json.loads((out / "manifest.json").read_text())["totals"]["samples"]
+
+
+def _cold_workers(fn: Any, *args: Any) -> Any:
+    """`fn` with each worker process started by Beam itself (importing everything), not forked from
+    the warm zygote: what `MMDATA_WORKER_ZYGOTE=0` does, and what every run did before."""
+    before = os.environ.get(ZYGOTE_ENV)
+    os.environ[ZYGOTE_ENV] = "0"
+    try:
+        return fn(*args)
+    finally:
+        if before is None:
+            os.environ.pop(ZYGOTE_ENV, None)
+        else:
+            os.environ[ZYGOTE_ENV] = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +207,17 @@ def main(argv: list[str] | None = None) -> int:
                 args.full_jpeg_decode,
             ),
         ),
+        (
+            "beam DirectRunner, 2 workers, cold start",
+            lambda c, o: _cold_workers(
+                beam_ingest,
+                c,
+                o,
+                args.maxcount,
+                ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+                args.full_jpeg_decode,
+            ),
+        ),
     ]
     # The same runs on a small corpus give each runner's fixed cost (start-up, graph, manifest), so the
     # per-image cost can be told apart from it: per_image = (t_big - t_small) / (n_big - n_small).
@@ -216,17 +248,21 @@ def main(argv: list[str] | None = None) -> int:
             f"({per_image * 1e3:.2f} ms/image + {fixed:.1f} s fixed; CPU {cpu:.1f} s)",
             flush=True,
         )
-    base, one, two = rates
+    base, one, two, cold = rates
     cores = os.cpu_count() or 1
     print(f"ratio beam 1 worker / plain loop:  {one / base:.2f}  (aim >= 0.8)")
     print(f"ratio beam 2 workers / 1 worker:   {two / one:.2f}  (aim > 1.6)")
+    print(
+        f"ratio 2 workers / 2 workers started cold: {two / cold:.2f}  (workers forked from a warm "
+        f"zygote vs each importing Beam; {rows[3][4] - rows[2][4]:+.1f} s fixed cost)"
+    )
     # Whatever the scheduling, a job needing C CPU-seconds takes at least C / cores seconds here.
     bound = rows[1][2] / (cpus[2] / cores)
     print(
         f"CPU: 2 workers used {cpus[2] / cpus[1]:.2f}x the CPU time of 1 worker (worker processes "
         f"included); with {cores} cores the 2-worker speed-up cannot exceed {bound:.2f} here"
     )
-    per_base, per_one, per_two = (r[3] for r in rows)
+    per_base, per_one, per_two = (r[3] for r in rows[:3])
     print(
         f"per-image cost only (fixed costs removed): 1 worker / plain {per_base / per_one:.2f}, "
         f"2 workers / 1 worker {per_one / per_two:.2f}"
