@@ -320,8 +320,11 @@ def build_emoji(
     workers: int = 1,
     optimize_png: bool = False,
 ) -> BuildReport:
-    """Render the same emoji subjects in several emoji sets (styles)."""
-    loaded = [load_set(sources, p) for p in sets]
+    """Render the same emoji subjects in several emoji sets (styles).
+
+    A set named twice counts once (twice, a subject matched only one of its copies and missed
+    ``min_styles``)."""
+    loaded = [load_set(sources, p) for p in dict.fromkeys(sets)]
     check_licenses(loaded, licenses)
     jobs = plan_emoji(
         loaded,
@@ -357,7 +360,7 @@ def build_icons(
     report = BuildReport()
     explicit = sets is not None
     names_by_set: dict[str, list[str]] = {}
-    for prefix in sets if explicit else available_sets(sources):
+    for prefix in dict.fromkeys(sets) if explicit else available_sets(sources):
         iconset = load_set(sources, prefix)
         if iconset.info.license_spdx not in licenses:
             if explicit:
@@ -424,9 +427,13 @@ def build_photos(out: Path, max_side: int = 256, names: Sequence[str] | None = N
 
 
 def read_items(out: Path) -> list[dict[str, Any]]:
-    """Every image under ``out`` with its sidecar, as ``{"path": relpath, **sidecar}``, sorted."""
+    """Every image under ``out`` with its sidecar, as ``{"path": relpath, **sidecar}``, sorted.
+
+    Only the builders' own folders (``emoji/``, ``icons/``, ``photos/``) are read, so other files in
+    ``out`` do not end up in the index."""
     items = []
-    for sidecar in sorted(out.glob("*/*/*.json")):
+    sidecars = (s for group in GROUPS for s in (out / group).glob("*/*.json"))
+    for sidecar in sorted(sidecars):  # Path order (by parts), as the committed index has it
         image = sidecar.with_suffix(".png")
         if not image.is_file():
             continue
@@ -500,6 +507,7 @@ def license_markdown(items: Sequence[dict[str, Any]]) -> str:
 
 def finalize(out: Path) -> list[dict[str, Any]]:
     """(Re)write ``index.jsonl`` and ``LICENSE.md`` from every sidecar under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
     items = read_items(out)
     write_index(out, items)
     (out / LICENSE_FILE).write_text(license_markdown(items), encoding="utf-8")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,10 +26,26 @@ from mmdata.flags import accept_underscores
 log = logging.getLogger(__name__)
 
 DEFAULT_EMOJI_SETS = ",".join(sample.SampleRecipe().emoji_sets)
+DEFAULT_MIN_STYLES = 3  # lowered to the number of --sets when fewer are given
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+_SET_PREFIX = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")  # Iconify set prefixes: "fluent-emoji-flat"
+
+
+def _sets(value: str) -> list[str]:
+    """argparse type of --sets: a non-empty comma list of Iconify set prefixes, duplicates dropped."""
+    names = list(dict.fromkeys(_csv(value)))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma list of icon set names, got {value!r}")
+    if bad := [n for n in names if not _SET_PREFIX.match(n)]:
+        raise argparse.ArgumentTypeError(
+            f"not an icon set name: {', '.join(map(repr, bad))} (names look like 'fluent-emoji-flat')"
+        )
+    return names
 
 
 def _int_at_least(minimum: int):
@@ -84,27 +102,59 @@ def _licenses(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(sources.DEFAULT_LICENSES) + tuple(args.licenses or ())
 
 
-def _done(report: build.BuildReport, out: Path) -> int:
-    items = build.finalize(out)
+def _done(report: build.BuildReport, out: Path, nothing: str = "") -> int:
     print(report.summary())
+    if report.written == 0:
+        print(f"mmdata corpus: nothing written to {out}{nothing}", file=sys.stderr)
+        return 1
+    items = build.finalize(out)
     print(f"{out} now holds {len(items)} images; index.jsonl and LICENSE.md rewritten")
     return 0
 
 
+def _check_out(out: Path) -> str | None:
+    """Why ``out`` cannot be an output folder, or None."""
+    for parent in (out, *out.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"--out {out}: {parent} is not a folder"
+            return None
+    return None
+
+
 def _run_fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
-    sources.fetch_sources(args.sources, all_sets=args.all_sets)
+    try:
+        sources.fetch_sources(args.sources, all_sets=args.all_sets)
+    except RuntimeError as e:  # npm missing
+        print(f"mmdata corpus: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(
+            f"mmdata corpus: npm install failed (exit status {e.returncode}); its output is above. "
+            "It needs the npm registry (network).",
+            file=sys.stderr,
+        )
+        return 1
     print(f"installed into {args.sources}: {' '.join(sources.pinned_packages(args.all_sets))}")
     return 0
 
 
 def _run_emoji(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.min_styles is not None and args.min_styles > len(args.sets):
+        print(
+            f"mmdata corpus: --min-styles {args.min_styles} is more than the {len(args.sets)} "
+            f"set(s) of --sets ({','.join(args.sets)})",
+            file=sys.stderr,
+        )
+        return 2
+    min_styles = args.min_styles if args.min_styles is not None else DEFAULT_MIN_STYLES
     report = build.build_emoji(
         args.sources,
         args.out,
         args.sets,
         size=args.size,
         max_subjects=args.max_subjects,
-        min_styles=args.min_styles,
+        min_styles=min(min_styles, len(args.sets)),
         seed=args.seed,
         include_skin_tones=args.include_skin_tones,
         exclude_categories=args.exclude_categories,
@@ -112,7 +162,13 @@ def _run_emoji(args: argparse.Namespace, beam_args: list[str]) -> int:
         workers=args.workers,
         optimize_png=args.optimize_png,
     )
-    return _done(report, args.out)
+    return _done(
+        report,
+        args.out,
+        f": no emoji subject is in {min(min_styles, len(args.sets))} of the sets "
+        f"{','.join(args.sets)}"
+        + (" outside the excluded categories" if args.exclude_categories else ""),
+    )
 
 
 def _run_icons(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -129,7 +185,7 @@ def _run_icons(args: argparse.Namespace, beam_args: list[str]) -> int:
         workers=args.workers,
         optimize_png=args.optimize_png,
     )
-    return _done(report, args.out)
+    return _done(report, args.out, ": no icon was rendered (skipped ones are counted above)")
 
 
 def _run_photos(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -149,9 +205,12 @@ def _run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _guard(func):
-    """Turn a missing-sources error into a one-line message and exit code 2."""
+    """Check --out up front; turn a missing-sources error into a one-line message and exit code 2."""
 
     def run(args: argparse.Namespace, beam_args: list[str]) -> int:
+        if problem := _check_out(args.out):
+            print(f"mmdata corpus: {problem}", file=sys.stderr)
+            return 2
         try:
             return func(args, beam_args)
         except sources.SourcesNotFoundError as e:
@@ -186,13 +245,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_render(p, size=128)
     p.add_argument(
         "--sets",
-        type=_csv,
+        type=_sets,
         default=_csv(DEFAULT_EMOJI_SETS),
-        help="emoji sets, in priority order (default: %(default)s)",
+        help=f"emoji sets, in priority order (default: {DEFAULT_EMOJI_SETS})",
     )
     p.add_argument("--max-subjects", type=_positive, default=None, help="seeded sample of subjects")
     p.add_argument(
-        "--min-styles", type=_positive, default=3, help="styles a subject needs (%(default)s)"
+        "--min-styles",
+        type=_positive,
+        default=None,
+        help=f"styles a subject needs (default: {DEFAULT_MIN_STYLES}, or the number of --sets "
+        "if fewer)",
     )
     p.add_argument("--include-skin-tones", action="store_true", help="keep skin-tone variants")
     p.add_argument(
@@ -208,7 +271,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_render(p, size=64)
     p.add_argument(
         "--sets",
-        type=_csv,
+        type=_sets,
         default=None,
         help="icon sets (default: every set under --sources with an allowed licence)",
     )
@@ -222,7 +285,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("photos", help="scikit-image's bundled photos (no network)")
     _add_common(p, needs_sources=False)
     p.add_argument("--max-side", type=_positive, default=256, help="long side in px (%(default)s)")
-    p.set_defaults(func=_run_photos)
+    p.set_defaults(func=_guard(_run_photos))
 
     p = sub.add_parser("sample", help="rebuild the bundled sample corpus recipe")
     _add_common(p)

@@ -563,3 +563,125 @@ def test_sample_corpus_licences_are_attributed(sample_items: list[dict]) -> None
             assert f"`{item['path']}`" in license_md
     assert license_md == build.license_markdown(sample_items)  # not hand-edited: regenerable
     assert REBUILD_COMMAND in (SAMPLE_CORPUS_DIR / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI usability: bad arguments are one-line errors, nothing is lost silently
+
+
+def _corpus(argv: list[str]) -> int:
+    from mmdata.cli import main
+
+    return main(["corpus", *argv])
+
+
+def test_a_set_named_twice_counts_once(npm_sources: Path, tmp_path: Path) -> None:
+    """`--sets alpha,alpha,beta` wrote nothing: each subject matched one copy of alpha and missed
+    min_styles (3 loaded sets)."""
+    out = tmp_path / "o"
+    args = ["emoji", "--sources", str(npm_sources), "--out", str(out), "--size", "16"]
+    assert _corpus([*args, "--sets", "alpha,alpha,beta"]) == 0
+    twice = _tree_digest(out)
+    build.clear_outputs(out)
+    assert _corpus([*args, "--sets", "alpha,beta"]) == 0
+    assert twice == _tree_digest(out) and len(twice) > 2
+    report = build.build_emoji(npm_sources, tmp_path / "api", ["alpha", "alpha", "beta"], size=16)
+    assert report.written == len([p for p in twice if p.endswith(".png")])
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (",", "expected a comma list of icon set names"),
+        ("alpha,../x", "not an icon set name: '../x'"),
+    ],
+)
+def test_bad_sets_are_usage_errors(
+    sets: str, message: str, npm_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for what in ("emoji", "icons"):
+        with pytest.raises(SystemExit) as e:
+            _corpus([what, "--sources", str(npm_sources), "--out", str(tmp_path), "--sets", sets])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_min_styles_above_the_number_of_sets_is_refused(
+    npm_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An explicit --min-styles 5 with two sets was lowered to 2 without a word."""
+    out = tmp_path / "o"
+    argv = ["emoji", "--sources", str(npm_sources), "--out", str(out), "--sets", "alpha,beta"]
+    assert _corpus([*argv, "--min-styles", "5"]) == 2
+    assert "--min-styles 5 is more than the 2 set(s)" in capsys.readouterr().err
+    assert not out.exists()
+    assert _corpus([*argv, "--size", "16"]) == 0  # the default (3) is lowered to the two sets
+    assert {p.parent.name for p in out.glob("emoji/*/*.png")} == {"alpha", "beta"}
+
+
+def test_a_build_that_writes_nothing_says_so(
+    npm_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Nothing to write ended in "error: [Errno 2] No such file or directory: '.../index.jsonl'"."""
+    out = tmp_path / "o"
+    argv = ["emoji", "--sources", str(npm_sources), "--out", str(out), "--size", "16"]
+    assert _corpus([*argv, "--sets", "tools,beta,gamma"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "no emoji subject is in 3 of the sets" in err
+    assert "Errno" not in err
+
+
+@pytest.mark.parametrize("what", ["emoji", "icons", "photos", "sample"])
+def test_out_that_is_a_file_is_a_one_line_error(
+    what: str, npm_sources: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--out` naming a file (or a path under one) was a NotADirectoryError traceback."""
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    extra = [] if what == "photos" else ["--sources", str(npm_sources)]
+    for out in (f, f / "sub"):
+        assert _corpus([what, "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{f} is not a folder" in err and "Traceback" not in err
+    assert f.read_text() == "x"
+
+
+def test_finalize_reads_only_the_builders_folders(npm_sources: Path, tmp_path: Path) -> None:
+    """A sidecar of something else two levels down (no `source`) broke LICENSE.md with a KeyError."""
+    out = tmp_path / "o"
+    build.build_icons(npm_sources, out, ["tools"], size=16)
+    other = out / "notes" / "misc"
+    other.mkdir(parents=True)
+    (other / "x.json").write_text('{"caption": "mine"}')
+    Image.new("RGB", (4, 4)).save(other / "x.png")
+    items = build.finalize(out)
+    assert items and all(i["path"].startswith("icons/") for i in items)
+
+
+def test_fetch_failure_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """npm that cannot reach its registry raised CalledProcessError (a traceback)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed here")
+    env = {
+        "npm_config_registry": "http://127.0.0.1:9/",  # nothing listens: refused at once
+        "npm_config_fetch_retries": "0",
+        "npm_config_cache": str(tmp_path / "cache"),
+        "npm_config_logs_dir": str(tmp_path / "logs"),
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        code = _corpus(["fetch", "--sources", str(tmp_path / "npm")])
+    except subprocess.CalledProcessError as e:  # the bug
+        pytest.fail(f"traceback: {e}")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert code == 1
+    assert "npm install failed (exit status" in capsys.readouterr().err
