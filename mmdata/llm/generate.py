@@ -2,18 +2,22 @@
 
 Request `i` of a run uses seed `seed + i` (prompt examples and sampling), so a run is a fixed list of
 requests: with the response cache a rerun sends nothing and adds the same candidates. Requests run
-concurrently (a bounded thread pool); candidates are saved to the template file every few
-responses and when the run stops for any reason (done, fatal error, Ctrl-C), so nothing received
-is lost. Every new entry has status `candidate` and provenance; it is used only once reviewed.
+concurrently (a bounded pool of threads); a text that several requests of one run return is added
+once, with the provenance of the lowest-numbered of them, so the file does not depend on the order
+the responses arrived in, and the others are counted as `repeated`. Candidates are saved to the
+template file every few responses and when the run stops for any reason (done, fatal error,
+Ctrl-C), so nothing received is lost. Every new entry has status `candidate` and provenance; it is
+used only once reviewed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from mmdata.core.tasks import TaskSpec
@@ -45,6 +49,7 @@ class GenerationReport:
     sent: int = 0
     added: list[str] = field(default_factory=list)
     already_present: int = 0
+    repeated: int = 0
     empty: int = 0
     failed: dict[int, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -59,6 +64,8 @@ class GenerationReport:
         ]
         if self.already_present:
             parts.append(f"{self.already_present} already in the file")
+        if self.repeated:
+            parts.append(f"{self.repeated} repeated a reply of this run")
         if self.empty:
             parts.append(f"{self.empty} empty replies")
         if self.failed:
@@ -117,8 +124,10 @@ def generate(
     """Send `n` requests for rephrasings and add the new ones to `tf` as candidates.
 
     Raises the first fatal LLMError (unreachable endpoint, unknown model, refused key) and
-    KeyboardInterrupt, after saving what was received. A request that fails for good is counted
-    in `report.failed` and the run goes on.
+    KeyboardInterrupt, after saving what was received; requests still in flight then are not waited
+    for (their threads are daemons, so Ctrl-C ends the command at once). A request that fails for
+    good is counted in `report.failed` and the run goes on. Every response is accounted for:
+    `responses == len(added) + already_present + repeated + empty`.
     """
     sampling = sampling or Sampling()
     route = client.config.route
@@ -126,23 +135,29 @@ def generate(
     base = list(tf.templates)
     existing = {t.id for t in base}
     report = GenerationReport(task=spec.name, route=route, requested=n)
-    new_entries: dict[int, TemplateEntry] = {}
-    new_ids: set[str] = set()
+    replies: dict[int, TemplateEntry] = {}  # request index -> its new (not yet in the file) text
     sent_before = client.requests_sent
     start = time.monotonic()
 
     def body_for(i: int) -> dict:
         return request_body(route, spec, examples, sampling, seed + i)
 
-    def job(i: int) -> tuple[int, dict, LLMResult | RequestFailed]:
+    def job(i: int) -> tuple[dict, LLMResult | RequestFailed]:
         body = body_for(i)
         try:
-            return i, body, client.request(body)
+            return body, client.request(body)
         except RequestFailed as e:
-            return i, body, e
+            return body, e
+
+    def new_entries() -> list[TemplateEntry]:
+        """One entry per new text, from the lowest request index that returned it."""
+        out: dict[str, TemplateEntry] = {}
+        for i in sorted(replies):
+            out.setdefault(replies[i].id, replies[i])
+        return list(out.values())
 
     def flush() -> None:
-        tf.templates = base + [new_entries[i] for i in sorted(new_entries)]
+        tf.templates = base + new_entries()
         if save is not None:
             save(tf)
 
@@ -159,10 +174,7 @@ def generate(
         if tid in existing:
             report.already_present += 1
             return
-        if tid in new_ids:
-            return
-        new_ids.add(tid)
-        new_entries[i] = TemplateEntry(
+        replies[i] = TemplateEntry(
             id=tid,
             text=text,
             status="candidate",
@@ -179,23 +191,47 @@ def generate(
             },
         )
 
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="llm")
-    pending: set[Future] = set()
+    todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for i in range(n):
+        todo.put(i)
+    results: queue.SimpleQueue[tuple[int, object]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results.put((i, job(i)))
+            except BaseException as e:  # a fatal LLMError (or a bug): the main thread re-raises it
+                results.put((i, e))
+
+    # Daemon threads: a run stopped by Ctrl-C or a fatal error exits without waiting out the
+    # requests in flight (a ThreadPoolExecutor's threads are joined at exit: up to
+    # timeout x retries).
+    threads = [
+        threading.Thread(target=worker, name=f"llm-{k}", daemon=True)
+        for k in range(max(1, min(concurrency, n)))
+    ]
     since_save = 0
     try:
-        pending = {pool.submit(job, i) for i in range(n)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                i, body, res = fut.result()
-                if isinstance(res, RequestFailed):
-                    report.failed[i] = str(res)
-                    log.warning("request %d failed: %s", i, res)
-                else:
-                    take(i, body, res)
-                since_save += 1
-                if progress is not None:
-                    progress(report.responses + len(report.failed), n)
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            i, out = results.get()
+            if isinstance(out, BaseException):
+                raise out
+            body, res = out
+            if isinstance(res, RequestFailed):
+                report.failed[i] = str(res)
+                log.warning("request %d failed: %s", i, res)
+            else:
+                take(i, body, res)
+            since_save += 1
+            if progress is not None:
+                progress(report.responses + len(report.failed), n)
             if since_save >= save_every:
                 flush()
                 since_save = 0
@@ -205,11 +241,11 @@ def generate(
     except LLMError:
         raise
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=not report.interrupted, cancel_futures=True)
+        stop.set()
         flush()
-        report.added = [new_entries[i].id for i in sorted(new_entries)]
+        entries = new_entries()
+        report.added = [e.id for e in entries]
+        report.repeated = len(replies) - len(entries)
         report.elapsed_s = time.monotonic() - start
         report.sent = client.requests_sent - sent_before
         report.retries = dict(client.retries)

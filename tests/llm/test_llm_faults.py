@@ -536,3 +536,55 @@ def test_two_writers_of_one_template_file_are_refused(templates_copy, capsys):
         assert mmdata_main([*other, "--templates-dir", str(templates_copy)]) == 0
     # released: the same command runs
     assert mmdata_main([*args, "--templates-dir", str(templates_copy)]) == 0
+
+
+def test_repeated_replies_in_one_run_are_counted_and_keep_the_first_request(templates_copy):
+    """Four requests return one text; the first request answers last. The text is added once, with
+    request 0's provenance whatever the order of arrival, and the other three are counted."""
+
+    def reply(body):
+        if body["seed"] == 0:
+            __import__("time").sleep(0.3)
+        return " Paint {caption} along the lines of [ref#1], once more."
+
+    with FaultServer([], default=("ok", reply)) as srv:
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, _client(srv.base_url), 4, concurrency=4)
+    assert len(rep.added) == 1 and rep.repeated == 3 and rep.responses == 4
+    assert rep.responses == len(rep.added) + rep.already_present + rep.repeated + rep.empty
+    assert tf.by_id()[rep.added[0]].provenance["sampling"]["seed"] == 0
+    assert "3 repeated a reply of this run" in rep.summary()
+
+
+def test_ctrl_c_ends_generate_without_waiting_for_requests_in_flight(templates_copy, tmp_path):
+    """SIGINT while a request hangs: the command saves, says how to resume and exits at once with
+    130, instead of waiting out the request at interpreter exit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with FaultServer([], default=("sleep", 30, GOOD)) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from mmdata.cli import main; sys.exit(main())"]
+            + _generate_args(srv.base_url, templates_copy, "--n", "3", "--concurrency", "2"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 60
+        while not srv.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.requests, "the command never sent a request"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        took = time.monotonic() - sent
+    assert proc.returncode == 130, out
+    assert "rerun the same command to resume" in out
+    assert took < 10, f"exit took {took:.1f} s after Ctrl-C"
