@@ -3,10 +3,12 @@
 Both routes are supported: `chat` (chat.completions, for instruction-tuned models) and
 `completion` (completions, for base models prompted with a few-shot list). Failures are sorted:
 
-* retried with exponential backoff and jitter: timeouts, 429 (waiting what `Retry-After` says,
-  capped), 5xx, dropped connections, malformed JSON and responses without choices;
+* retried with exponential backoff and jitter: timeouts, 408, 409, 429 (waiting what
+  `Retry-After` says, capped), 5xx, dropped connections, malformed JSON and responses without
+  choices (the `openai` client's own retry policy, plus bad responses);
 * fatal for the whole run, with a message that says what to fix: endpoint unreachable, model not
-  served, authentication refused.
+  served, authentication refused, the account's quota used up (a 429 `insufficient_quota`, which
+  no wait cures).
 
 The API key is only handed to the `openai` client: it is never part of a cache key, a log line,
 an error message or a written file.
@@ -32,6 +34,8 @@ from mmdata.llm.cache import ResponseCache, request_hash
 log = logging.getLogger(__name__)
 
 ROUTES = ("chat", "completion")
+# Statuses retried besides 429 and 5xx (as the openai client itself does): request timeout, conflict.
+RETRY_STATUSES = (408, 409)
 
 
 class LLMError(RuntimeError):
@@ -49,6 +53,12 @@ class ModelNotFound(LLMError):
 
 
 class AuthenticationFailed(LLMError):
+    fatal = True
+
+
+class QuotaExhausted(LLMError):
+    """A 429 whose code is `insufficient_quota`: the account is out of credit, not rate limited."""
+
     fatal = True
 
 
@@ -288,6 +298,12 @@ class LLMClient:
                 last_problem = "connection failed"
                 self._count_retry("connection")
             except openai.RateLimitError as e:
+                if "insufficient_quota" in (e.code, e.type):
+                    raise QuotaExhausted(
+                        f"{cfg.base_url} answered HTTP 429 insufficient_quota ({_short(e)}): the "
+                        "account of this API key has no quota left; waiting will not help, check "
+                        "its plan and billing (or use another key or endpoint)"
+                    ) from None
                 last_problem = "rate limited (HTTP 429)"
                 self._count_retry("429")
                 ra = _retry_after_seconds(e.response.headers if e.response else None)
@@ -314,8 +330,11 @@ class LLMClient:
                     f"{cfg.route!r} route (--mode)"
                 ) from None
             except openai.APIStatusError as e:
-                # Other 4xx: this request is refused as it is; retrying will not help.
-                raise RequestFailed(f"HTTP {e.status_code}: {_short(e)}") from None
+                if e.status_code not in RETRY_STATUSES:
+                    # Other 4xx: this request is refused as it is; retrying will not help.
+                    raise RequestFailed(f"HTTP {e.status_code}: {_short(e)}") from None
+                last_problem = f"HTTP {e.status_code} ({_short(e)})"
+                self._count_retry(str(e.status_code))
             except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
                 last_problem = f"bad response ({_short(e)})"
                 self._count_retry("bad_response")

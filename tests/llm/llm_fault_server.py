@@ -11,6 +11,8 @@ request takes the n-th action of `script` (then `default`). Actions:
   ("malformed",)      200, JSON content type, body that is not JSON
   ("empty",)          200 with "choices": []
   ("403",)            403 "access denied"
+  ("quota",)          429 insufficient_quota (OpenAI's answer when the account has no credit)
+  ("status", code)    `code` with an error body
 
 GET /v1/models lists `models`. With `require_key`, every request whose bearer token is not that
 key gets 401 (and is not recorded), as an endpoint that needs an API key answers. Requests are recorded (time, path, body, headers) and the
@@ -168,6 +170,15 @@ class FaultServer:
             )
         elif kind == "403":
             handler._send(403, b'{"error": {"message": "access denied"}}')
+        elif kind == "quota":
+            handler._send(
+                429,
+                b'{"error": {"message": "You exceeded your current quota, please check your plan '
+                b'and billing details.", "type": "insufficient_quota", "param": null, '
+                b'"code": "insufficient_quota"}}',
+            )
+        elif kind == "status":
+            handler._send(action[1], b'{"error": {"message": "try again"}}')
         elif kind == "malformed":
             handler._send(200, b'{"choices": [{"text": "unterminated')
         elif kind == "empty":

@@ -588,3 +588,21 @@ def test_ctrl_c_ends_generate_without_waiting_for_requests_in_flight(templates_c
     assert proc.returncode == 130, out
     assert "rerun the same command to resume" in out
     assert took < 10, f"exit took {took:.1f} s after Ctrl-C"
+
+
+def test_quota_exhausted_stops_the_run_and_408_409_are_retried(templates_copy, capsys):
+    """A 429 insufficient_quota never clears: the run stops at the first one with a message that
+    says so (instead of retrying every request with backoff); 408 and 409 are transient, retried."""
+    from mmdata.llm.client import QuotaExhausted
+
+    with FaultServer([("status", 408), ("status", 409)], default=("ok", GOOD)) as srv:
+        res = _client(srv.base_url).request({"prompt": "x", "seed": 1})
+        assert res.text == GOOD and res.attempts == 3
+    with FaultServer([], default=("quota",)) as srv:
+        with pytest.raises(QuotaExhausted, match="no quota left"):
+            _client(srv.base_url, max_retries=5).request({"prompt": "x"})
+        assert len(srv.requests) == 1
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy, "--n", "20")) == 2
+        err = capsys.readouterr().err
+        assert "insufficient_quota" in err and "no quota left" in err
+        assert len(srv.requests) <= 1 + 4  # the first answer stops the run (4 were in flight)
