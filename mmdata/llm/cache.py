@@ -68,6 +68,16 @@ class ResponseCache:
         self.hits += 1
         return entry
 
+    def check_writable(self) -> None:
+        """Create the folder and write and remove a file in it; raises OSError when that fails, so
+        a command can refuse an unusable cache before it sends a request."""
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-check-", dir=self.directory)
+        os.close(fd)
+        os.unlink(tmp)
+
     def put(self, key: str, entry: dict[str, Any]) -> None:
         if not self.enabled:
             return

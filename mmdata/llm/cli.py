@@ -35,6 +35,34 @@ DEFAULT_CONCURRENCY = 4  # mmdata.llm.generate.DEFAULT_CONCURRENCY, without impo
 log = logging.getLogger(__name__)
 
 
+def _number(kind: type, low: float, *, low_open: bool = False, high: float | None = None):
+    """An argparse `type` that reads an int or float and checks its range, so a bad value is a
+    one-line usage error (a negative --n or --max-retries, or --timeout 0, used to run and fail
+    with a misleading message)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {'an integer' if kind is int else 'a number'}: {text!r}"
+            ) from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            lo = f"> {low:g}" if low_open else f">= {low:g}"
+            rng = lo if high is None else f"{lo} and <= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_COUNT = _number(int, 1)
+_NON_NEGATIVE_INT = _number(int, 0)
+_SECONDS = _number(float, 0, low_open=True)
+_FRACTION = _number(float, 0, low_open=True, high=1)
+
+
 def _tasks(arg: list[str] | None) -> list[str]:
     if not arg or "all" in arg:
         return list(TASKS)
@@ -215,6 +243,15 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"endpoint: {ep.config.base_url} model={ep.config.model} route={ep.config.route}")
+        try:
+            cache.check_writable()
+        except OSError as e:
+            print(
+                f"error: the response cache {cache.directory} cannot be written ({e}); pass "
+                "--cache-dir DIR (or set MMDATA_LLM_CACHE) to a writable folder, or --no-cache",
+                file=sys.stderr,
+            )
+            return 2
         try:
             with _template_locks(tasks, args.templates_dir):
                 return _generate_tasks(args, tasks, client, sampling)
@@ -434,7 +471,7 @@ def _add_common(p: argparse.ArgumentParser, multi_task: bool) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_FRACTION,
         default=DEFAULT_SIMILARITY_THRESHOLD,
         help="MiniLM cosine similarity at or above which a candidate is a near-duplicate",
     )
@@ -456,7 +493,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     g = sub.add_parser("generate", help="ask an LLM for rephrased templates (added as candidates)")
     _add_common(g, multi_task=True)
-    g.add_argument("--n", type=int, default=100, help="requests (one rephrasing each)")
+    g.add_argument("--n", type=_COUNT, default=100, help="requests (one rephrasing each)")
     g.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (…/v1)")
     g.add_argument("--model", default=None)
     g.add_argument(
@@ -472,11 +509,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start the bundled local llama.cpp server for this command",
     )
     g.add_argument("--seed", type=int, default=0, help="request i uses seed+i")
-    g.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
-    g.add_argument("--temperature", type=float, default=Sampling.temperature)
-    g.add_argument("--top-p", type=float, default=Sampling.top_p)
-    g.add_argument("--max-tokens", type=int, default=Sampling.max_tokens)
-    g.add_argument("--shots", type=int, default=Sampling.n_shots, help="examples per prompt")
+    g.add_argument("--concurrency", type=_COUNT, default=DEFAULT_CONCURRENCY)
+    g.add_argument("--temperature", type=_number(float, 0), default=Sampling.temperature)
+    g.add_argument("--top-p", type=_FRACTION, default=Sampling.top_p)
+    g.add_argument("--max-tokens", type=_COUNT, default=Sampling.max_tokens)
+    g.add_argument("--shots", type=_COUNT, default=Sampling.n_shots, help="examples per prompt")
     g.add_argument(
         "--grammar",
         choices=["gbnf"],
@@ -491,7 +528,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--grammar-max-text",
-        type=int,
+        type=_COUNT,
         default=None,
         metavar="N",
         help="with --grammar: at most N characters of free text between two markers/placeholders",
@@ -502,8 +539,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tasks whose markers share one role (subject2img): show the marker list as one token "
         "{refs} to the model and expand it back before validation",
     )
-    g.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--max-retries", type=int, default=5)
+    g.add_argument("--timeout", type=_SECONDS, default=60.0, help="seconds per request")
+    g.add_argument("--max-retries", type=_NON_NEGATIVE_INT, default=5)
     g.add_argument("--cache-dir", default=None, help="response cache (default ~/.cache/mmdata/llm)")
     g.add_argument("--no-cache", action="store_true")
     g.add_argument("--no-validate", action="store_true", help="do not validate the new candidates")

@@ -346,7 +346,10 @@ class LLMClient:
                     "text": text,
                     "finish_reason": finish,
                 }
-                self.cache.put(key, entry)
+                try:
+                    self.cache.put(key, entry)
+                except OSError as e:  # disk full, say: the reply is still used, only not cached
+                    log.warning("response cache not written (%s): a rerun sends this again", e)
                 return LLMResult(text, key, False, finish, attempt + 1)
             if attempt < cfg.max_retries:
                 wait = delay if delay is not None else self._backoff(attempt)

@@ -11,19 +11,29 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def templates_copy(tmp_path: Path) -> Path:
-    """The repository's seed templates copied to a temporary folder (tests write there); grown,
-    candidate and rejected entries are left out, so tests see the same prompts whatever the
-    shipped set holds."""
+@pytest.fixture(scope="session")
+def _seed_template_files() -> dict[str, str]:
+    """The text of each seed-only template file, built once (loading the shipped files, thousands
+    of entries each, takes seconds)."""
     from mmdata.llm import store
 
-    dst = tmp_path / "templates"
-    dst.mkdir()
+    out = {}
     for path in sorted((REPO / "templates").glob("*.yaml")):
         tf = store.load_path(path)
         tf.templates = [t for t in tf.with_status("accepted") if t.source == "seed"]
-        store.save(tf, dst / path.name)
+        out[path.name] = store.dumps(tf)
+    return out
+
+
+@pytest.fixture
+def templates_copy(tmp_path: Path, _seed_template_files: dict[str, str]) -> Path:
+    """The repository's seed templates copied to a temporary folder (tests write there); grown,
+    candidate and rejected entries are left out, so tests see the same prompts whatever the
+    shipped set holds."""
+    dst = tmp_path / "templates"
+    dst.mkdir()
+    for name, text in _seed_template_files.items():
+        (dst / name).write_text(text, encoding="utf-8")
     return dst
 
 

@@ -606,3 +606,51 @@ def test_quota_exhausted_stops_the_run_and_408_409_are_retried(templates_copy, c
         err = capsys.readouterr().err
         assert "insufficient_quota" in err and "no quota left" in err
         assert len(srv.requests) <= 1 + 4  # the first answer stops the run (4 were in flight)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--n", "-3"],
+        ["--n", "many"],
+        ["--concurrency", "0"],
+        ["--timeout", "0"],
+        ["--max-retries", "-1"],
+        ["--shots", "0"],
+        ["--max-tokens", "0"],
+        ["--top-p", "1.5"],
+        ["--temperature", "-0.1"],
+        ["--threshold", "2"],
+    ],
+)
+def test_bad_generate_numbers_are_one_line_usage_errors(flag, tmp_path, capsys):
+    """Out-of-range numbers are refused before anything runs (`--max-retries -1` used to make every
+    request fail with 'no attempt', `--timeout 0` to report the endpoint unreachable)."""
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(SystemExit) as e:
+        mmdata_main(_generate_args(url, tmp_path, *flag))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag[0]}:" in err and "Traceback" not in err
+    assert "cannot reach" not in err
+
+
+def test_unwritable_response_cache_is_a_clear_error(tmp_path, templates_copy, capsys, caplog):
+    """A --cache-dir that cannot be created is refused after the endpoint check, before anything is
+    sent or written (it was a NotADirectoryError traceback from a worker thread); a cache write
+    failing later keeps the reply and warns."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    before = store.task_path("edge2img", templates_copy).read_text()
+    with FaultServer([], default=("ok", _varied)) as srv:
+        args = [a for a in _generate_args(srv.base_url, templates_copy) if a != "--no-cache"]
+        assert mmdata_main([*args, "--cache-dir", str(not_a_dir / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert "response cache" in err and "cannot be written" in err and "--no-cache" in err
+        assert not srv.requests
+        assert store.task_path("edge2img", templates_copy).read_text() == before
+
+        client = _client(srv.base_url, not_a_dir / "cache")
+        res = client.request({"prompt": "x", "seed": 3})
+    assert "version 3" in res.text and not res.cached
+    assert "response cache not written" in caplog.text
