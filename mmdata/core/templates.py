@@ -40,12 +40,16 @@ def default_templates_dir() -> Path:
     raise TemplateError("no templates directory found; pass --templates_dir")
 
 
-def placeholders_of(text: str) -> list[str]:
-    """The `{name}` fields of a format string (raises TemplateError on bad braces)."""
+def _fields(text: str) -> list[tuple[str, str, str | None, str | None]]:
     try:
-        return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        return list(string.Formatter().parse(text))
     except ValueError as e:
         raise TemplateError(f"bad braces in template {text!r}: {e}") from None
+
+
+def placeholders_of(text: str) -> list[str]:
+    """The `{name}` fields of a format string (raises TemplateError on bad braces)."""
+    return [f for _, f, _, _ in _fields(text) if f is not None]
 
 
 def markers_of(text: str) -> list[str]:
@@ -56,11 +60,23 @@ def check_template(text: str, spec: TaskSpec) -> list[str]:
     """Problems that make a template unusable for a task (empty list: usable)."""
     problems: list[str] = []
     try:
-        fields = placeholders_of(text)
+        parsed = _fields(text)
     except TemplateError as e:
         return [str(e)]
+    fields = [f for _, f, _, _ in parsed if f is not None]
     if any(not f.isidentifier() for f in fields):
         problems.append(f"placeholder must be a plain name: {fields}")
+    # `{caption!r}` would insert the caption's repr (quoted), `{caption:>80}` pad it: a placeholder
+    # is only ever `{name}`.
+    if odd := [f for _, f, spec, conv in parsed if f is not None and (spec or conv)]:
+        problems.append(f"placeholder with a conversion or format spec: {odd}")
+    # `{{` / `}}` would put a literal brace in the instruction.
+    if any("{" in literal or "}" in literal for literal, _, _, _ in parsed):
+        problems.append("literal brace ({{ or }}) in the template")
+    if repeated := sorted({f for f in fields if fields.count(f) > 1}):
+        problems.append(f"placeholder(s) used more than once {repeated}")
+    if any(not ch.isprintable() for ch in text):  # tabs, newlines, controls, zero-width
+        problems.append("not one line of printable text (tab, newline or control character)")
     want = set(spec.placeholders)
     allowed = want | set(spec.optional_placeholders)
     if missing := sorted(want - set(fields)):

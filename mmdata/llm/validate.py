@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import string
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +83,10 @@ def check_template(
         reasons.append("surrounding_whitespace")
     if "\n" in text or "\r" in text:
         reasons.append("multiline")
-    if any(ch not in string.printable and not ch.isprintable() for ch in text):
+    # Anything but a plain space that is not printable: tabs, vertical tab, form feed (which
+    # `string.printable` counts as printable), other C0/C1 controls, zero-width and format
+    # characters, line and paragraph separators.
+    if any(ch not in "\n\r" and not ch.isprintable() for ch in text):
         reasons.append("control_characters")
 
     # Markers.

@@ -55,6 +55,11 @@ def test_valid_templates_pass(spec, text):
         (EDGE, "Keep the markers: draw {caption} from [ref#1].", "role_word"),
         (EDGE, "7. Draw {caption} from [ref#1].", "list_prefix"),
         (EDGE, "", "empty"),
+        # whitespace that string.printable lets through, and invisible characters
+        (EDGE, "Draw {caption}\tfrom the edges of [ref#1].", "control_characters"),
+        (EDGE, "Draw {caption}\x0bfrom the edges of [ref#1].", "control_characters"),
+        (EDGE, "Draw {caption}\x0cfrom the edges of [ref#1].", "control_characters"),
+        (EDGE, "Draw {caption} from the edges\u200b of [ref#1].", "control_characters"),
     ],
 )
 def test_invalid_templates_give_reasons(spec, text, reason):
@@ -333,3 +338,32 @@ def test_hand_edited_files_that_do_not_parse_name_the_file(tmp_path: Path) -> No
     (tmp_path / "d.yaml").write_text("decisions: [\n")
     with pytest.raises(ValueError, match=r"d.yaml: not valid YAML"):
         review.load_decisions(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("Draw {caption!r} from the edges of [ref#1].", "conversion or format spec"),
+        ("Draw {caption:>60} from the edges of [ref#1].", "conversion or format spec"),
+        ("Draw {caption} from the edges of [ref#1] {{sharp}}.", "literal brace"),
+        ("Draw {caption}, yes {caption}, from the edges of [ref#1].", "more than once"),
+        ("Draw {caption}\tfrom the edges of [ref#1].", "printable"),
+    ],
+)
+def test_load_templates_refuses_what_validation_refuses(tmp_path, text, problem):
+    """The pipelines' loader (core) refuses an accepted template that `templates validate` would
+    call invalid: `{caption!r}` used to pass and fill the caption's repr (quoted), `{{x}}` a literal
+    brace, a tab a tab."""
+    from mmdata.core.templates import Template, TemplateError, fill_template
+
+    assert check_template(text, EDGE)  # the LLM-side rules refuse it too
+    if "!r" in text:  # what it did when it was let through
+        filled = fill_template(Template("t", "edge2img", text), {"caption": "a cat"})
+        assert "'a cat'" in filled
+    tf = store.TemplateFile(
+        task="edge2img",
+        templates=[TemplateEntry("edge2img-x", text, "accepted", "manual")],
+    )
+    store.save(tf, tmp_path / "edge2img.yaml")
+    with pytest.raises(TemplateError, match=problem):
+        load_templates("edge2img", tmp_path)
