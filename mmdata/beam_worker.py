@@ -86,8 +86,9 @@ def main(*, imported: bool = False) -> None:
 # arguments to the zygote, which forks a worker that runs `sdk_worker_main` exactly as a started process
 # would. The client relays the worker's exit status, so Beam sees the same process contract.
 #
-# Fork safety: the zygote only imports modules; it creates no gRPC channel, thread or model before
-# forking, so each worker starts from a clean state. If the zygote cannot be reached, the client runs the
+# Fork safety: the zygote only imports modules; it creates no gRPC channel or model and runs no pipeline
+# code before forking (the only threads are libraries' own, made at import and fork-aware: OpenBLAS's
+# pool, jemalloc's background thread), so each worker starts from a clean state. If the zygote cannot be reached, the client runs the
 # worker itself (the cold start). Linux only; `MMDATA_WORKER_ZYGOTE=0` turns it off.
 
 ZYGOTE_FLAG = "--zygote"
@@ -197,6 +198,8 @@ def zygote_main(socket_path: str) -> None:
         if listener not in ready:
             continue
         conn, _ = listener.accept()
+        # a client that connects and then stalls must not block the other workers' start
+        conn.settimeout(CONNECT_TIMEOUT_S)
         try:
             request = _recv(conn)
             _, fds, _, _ = socket.recv_fds(conn, 1, 2)
