@@ -123,19 +123,45 @@ def main(argv: list[str] | None = None) -> int:
                 f"unrecognized arguments (neither {args.command} options nor Beam pipeline options): "
                 f"{' '.join(unknown)}; see `mmdata {args.command} --help`"
             )
-    import yaml
-
     try:
         return int(args.func(args, rest) or 0)
-    except (
-        FileNotFoundError,
-        ValueError,
-        yaml.YAMLError,  # a hand-edited template, review or config file that does not parse
-    ) as e:  # ConfigError, TemplateError, missing inputs: no traceback
-        if args.verbose:
+    except Exception as e:
+        code = _user_error_code(e)
+        if args.verbose or code is None:
             raise
         print(f"mmdata {args.command}: error: {e}", file=sys.stderr)
+        return code
+
+
+# Errors mmdata raises to tell a user what to fix, beyond OSError/ValueError: (module, class) -> exit code.
+# Looked up in sys.modules only (an error of a module never imported cannot have been raised), so the
+# command does not import torch or Beam to report an error.
+RUNTIME_USER_ERRORS = {
+    ("mmdata.weights", "WeightsError"): 1,  # missing / wrong-hash / unloadable weights
+    ("mmdata.models.base", "DeviceUnavailableError"): 1,  # --device cuda without a GPU
+    ("mmdata.io.sourcebytes", "SourceChangedError"): 1,  # an input file changed during the job
+    ("mmdata.train.data", "CorruptDataError"): 1,  # a shard the trainer cannot read
+    ("mmdata.llm.store", "TemplateFileBusy"): 1,  # another run holds the templates file
+    ("mmdata.llm.client", "LLMError"): 1,  # endpoint unreachable, auth, quota, model not found
+}
+
+
+def _user_error_code(e: BaseException) -> int | None:
+    """The exit code for an error reported as one line (no traceback), or None for a bug's traceback.
+
+    OSError (missing inputs, an output path under a file, permissions, a full disk), ValueError
+    (ConfigError, TemplateError, bad arguments) and YAML parse errors of hand-edited files: 2, as
+    before; mmdata's own runtime errors (RUNTIME_USER_ERRORS): 1."""
+    if isinstance(e, OSError | ValueError):
         return 2
+    yaml = sys.modules.get("yaml")
+    if yaml is not None and isinstance(e, yaml.YAMLError):
+        return 2
+    for (module, name), code in RUNTIME_USER_ERRORS.items():
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(e, cls):
+            return code
+    return None
 
 
 if __name__ == "__main__":

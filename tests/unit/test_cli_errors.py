@@ -1,0 +1,40 @@
+"""The command line reports users' errors in one line (OSError, ValueError, mmdata's runtime errors) and
+keeps the traceback for anything else (a bug)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from mmdata import cli
+
+
+def test_output_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub"
+    from mmdata.sample import sample_corpus_dir
+
+    code = cli.main(["ingest", "--input", str(sample_corpus_dir()), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "mmdata ingest: error:" in err and "Not a directory" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("module", "name"), sorted(cli.RUNTIME_USER_ERRORS))
+def test_runtime_user_errors_name_real_classes(module, name):
+    cls = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, Exception)
+    assert cli._user_error_code(cls.__new__(cls)) == 1
+
+
+def test_codes():
+    from mmdata.io.sourcebytes import SourceChangedError
+    from mmdata.weights import WeightsMissingError
+
+    assert cli._user_error_code(PermissionError(13, "Permission denied")) == 2
+    assert cli._user_error_code(ValueError("bad")) == 2
+    assert cli._user_error_code(WeightsMissingError("no file")) == 2  # also a FileNotFoundError
+    assert cli._user_error_code(SourceChangedError("changed")) == 1
+    assert cli._user_error_code(RuntimeError("a bug")) is None
+    assert cli._user_error_code(KeyError("a bug")) is None
