@@ -29,6 +29,7 @@ from mmdata.llm.prompts import (
     marker_list,
     parse_reply,
     prompt_hash,
+    reply_was_cut,
     request_body,
 )
 from mmdata.llm.store import TemplateEntry, TemplateFile, template_id
@@ -187,6 +188,10 @@ def generate(
                 "request_sha256": res.key,
                 "sampling": _sampling_record(sampling, body, spec),
                 **({"model_text": reply} if sampling.group_markers else {}),
+                # stopped by max_tokens inside the line: validation rejects it (`truncated`)
+                **(
+                    {"truncated": True} if reply_was_cut(route, res.text, res.finish_reason) else {}
+                ),
                 "date": dt.date.today().isoformat(),
             },
         )

@@ -235,16 +235,36 @@ def _clean(line: str) -> str:
     return line
 
 
-def parse_reply(route: str, text: str) -> str:
-    """The rephrasing in a model's reply (may be empty). Nothing is fixed up but framing:
-    list numbers, surrounding quotes and, for chat, a leading preamble line."""
+def _reply_line(route: str, text: str) -> tuple[int, str]:
+    """The index (in `text.splitlines()`) and cleaned text of the line `parse_reply` takes;
+    (-1, "") when there is none."""
     if route == "completion":
-        return _clean(text.split("\n", 1)[0])
-    for line in text.splitlines():
+        return 0, _clean(text.split("\n", 1)[0])
+    for i, line in enumerate(text.splitlines()):
         cleaned = _clean(line)
         if not cleaned:
             continue
         if cleaned.endswith(":") or (_PREAMBLE.match(cleaned) and ":" in cleaned):
             continue
-        return cleaned
-    return ""
+        return i, cleaned
+    return -1, ""
+
+
+def parse_reply(route: str, text: str) -> str:
+    """The rephrasing in a model's reply (may be empty). Nothing is fixed up but framing:
+    list numbers, surrounding quotes and, for chat, a leading preamble line."""
+    return _reply_line(route, text)[1]
+
+
+def reply_was_cut(route: str, text: str, finish_reason: str | None) -> bool:
+    """True when generation stopped at max_tokens (`finish_reason == "length"`) inside the line
+    `parse_reply` takes: that line is unfinished, however valid its markers look. A line that
+    ended before the limit (a later line was being written) is whole."""
+    if finish_reason != "length":
+        return False
+    i, line = _reply_line(route, text)
+    if not line:
+        return False
+    if route == "completion":
+        return "\n" not in text
+    return i == len(text.splitlines()) - 1 and not text.endswith(("\n", "\r"))

@@ -370,7 +370,8 @@ def validate_file(
 
     Accepted templates (seeds included) form the reference set and are checked but never changed:
     an invalid accepted template is reported in `invalid_accepted` (the caller fails). Candidates
-    are checked in file order against the rules, then against the reference set plus the
+    are checked in file order against the rules (and refused when their provenance says the reply
+    was cut by max_tokens, `truncated`), then against the reference set plus the
     candidates kept before them: an identical normalised text, or cosine similarity of MiniLM
     embeddings >= `threshold`, rejects the later one. `embedder=None` skips the embedding check.
     `ids`, when given, limits which candidates are checked (others still count as references).
@@ -391,6 +392,8 @@ def validate_file(
     for t in candidates:
         report.checked += 1
         reasons = check_template(t.text, spec)
+        if (t.provenance or {}).get("truncated"):
+            reasons.append("truncated: the reply reached max_tokens before its line ended")
         if reasons:
             t.status, t.reasons = "rejected", reasons
             report.rejected.append(Finding(t.id, t.text, t.status, reasons))

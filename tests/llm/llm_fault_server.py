@@ -5,6 +5,7 @@ request takes the n-th action of `script` (then `default`). Actions:
 
   ("ok", text)        200 with a well-formed response whose first choice is `text`
   ("sleep", s, text)  wait s seconds, then as ok
+  ("cut", text)       as ok, with finish_reason "length" (generation stopped by max_tokens)
   ("429", retry_after) 429 with a Retry-After header (None: no header)
   ("500",)            500 with an error body
   ("404model",)       404 "model not found"
@@ -122,7 +123,7 @@ class FaultServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def _ok(self, handler, path: str, text: str, body: dict) -> None:
+    def _ok(self, handler, path: str, text: str, body: dict, finish: str = "stop") -> None:
         if path.endswith("/chat/completions"):
             data = {
                 "id": "x",
@@ -132,7 +133,7 @@ class FaultServer:
                 "choices": [
                     {
                         "index": 0,
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                         "message": {"role": "assistant", "content": text},
                     }
                 ],
@@ -143,7 +144,7 @@ class FaultServer:
                 "object": "text_completion",
                 "created": 0,
                 "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop", "text": text, "logprobs": None}],
+                "choices": [{"index": 0, "finish_reason": finish, "text": text, "logprobs": None}],
             }
         handler._send(200, json.dumps(data).encode())
 
@@ -153,6 +154,8 @@ class FaultServer:
         if kind == "ok":
             text = action[1](body) if callable(action[1]) else action[1]
             self._ok(handler, path, text, body)
+        elif kind == "cut":
+            self._ok(handler, path, action[1], body, finish="length")
         elif kind == "sleep":
             time.sleep(action[1])
             self._ok(handler, path, action[2], body)

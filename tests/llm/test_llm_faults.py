@@ -654,3 +654,28 @@ def test_unwritable_response_cache_is_a_clear_error(tmp_path, templates_copy, ca
         res = client.request({"prompt": "x", "seed": 3})
     assert "version 3" in res.text and not res.cached
     assert "response cache not written" in caplog.text
+
+
+@pytest.mark.parametrize("route", ["completion", "chat"])
+def test_replies_cut_by_max_tokens_are_rejected_as_truncated(templates_copy, route):
+    """A reply stopped by max_tokens mid-line can hold every marker and still be unfinished
+    ("... of [ref#1] and then"): it is kept in the file, rejected with the reason `truncated`,
+    and review cannot accept it. A reply whose chosen line ended before the limit is whole."""
+    cut = " Paint {caption} along the lines of [ref#1] and then"
+    script = [("cut", cut), ("cut", "Paint {caption} from the edges of [ref#1].\nAnd then, the")]
+    with FaultServer(script, default=("ok", _varied)) as srv:
+        tf = store.load("edge2img", templates_copy)
+        rep = generate(tf, EDGE, _client(srv.base_url, route=route), 3, concurrency=1)
+    by_text = {tf.by_id()[i].text: tf.by_id()[i] for i in rep.added}
+    assert len(by_text) == 3
+    vrep = validate_file(tf, EDGE, embedder=None)
+    reasons = {f.text: f.reasons for f in vrep.rejected}
+    assert reasons == {
+        cut.strip(): ["truncated: the reply reached max_tokens before its line ended"]
+    }
+    assert by_text[cut.strip()].provenance["truncated"] is True
+    assert by_text["Paint {caption} from the edges of [ref#1]."].status == "candidate"
+    rrep = review.apply_decisions(
+        tf, EDGE, [{"id": by_text[cut.strip()].id, "decision": "accept"}], reviewer="t"
+    )
+    assert not rrep.accepted and "truncated" in next(iter(rrep.refused.values()))
