@@ -309,7 +309,8 @@ def _generate_tasks(
                 spec,
                 embedder=None if args.no_embed else default_embedder(),
                 threshold=args.threshold,
-                ids=set(rep.added),
+                # with the candidates an interrupted run saved unvalidated and this one met again
+                ids=set(rep.added) | set(rep.present_candidates),
             )
             store.save(tf)
             _print_validation(vrep, verbose=args.verbose_reasons)

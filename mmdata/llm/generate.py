@@ -50,6 +50,9 @@ class GenerationReport:
     sent: int = 0
     added: list[str] = field(default_factory=list)
     already_present: int = 0
+    # ids of the entries behind `already_present` that are still candidates (an interrupted
+    # run's, say): the caller validates them with `added`
+    present_candidates: list[str] = field(default_factory=list)
     repeated: int = 0
     empty: int = 0
     failed: dict[int, str] = field(default_factory=dict)
@@ -135,6 +138,7 @@ def generate(
     examples = _examples(tf)
     base = list(tf.templates)
     existing = {t.id for t in base}
+    candidates = {t.id for t in base if t.status == "candidate"}
     report = GenerationReport(task=spec.name, route=route, requested=n)
     replies: dict[int, TemplateEntry] = {}  # request index -> its new (not yet in the file) text
     sent_before = client.requests_sent
@@ -174,6 +178,8 @@ def generate(
         tid = template_id(spec.name, text)
         if tid in existing:
             report.already_present += 1
+            if tid in candidates and tid not in report.present_candidates:
+                report.present_candidates.append(tid)
             return
         replies[i] = TemplateEntry(
             id=tid,

@@ -679,3 +679,25 @@ def test_replies_cut_by_max_tokens_are_rejected_as_truncated(templates_copy, rou
         tf, EDGE, [{"id": by_text[cut.strip()].id, "decision": "accept"}], reviewer="t"
     )
     assert not rrep.accepted and "truncated" in next(iter(rrep.refused.values()))
+
+
+def test_resumed_run_validates_the_candidates_the_interrupted_run_saved(templates_copy, cache_dir):
+    """An interrupted run saves its candidates before validating them; the rerun gets their replies
+    from the cache ('already in the file') and validates them too (it validated only its new ones,
+    leaving invalid texts as candidates)."""
+
+    def reply(body):
+        if body["seed"] < 2:
+            return f" Paint {{caption}} nicely, take {body['seed']}."  # no marker: invalid
+        return _varied(body)
+
+    with FaultServer([], default=("ok", reply)) as srv:
+        tf = store.load("edge2img", templates_copy)
+        first = generate(tf, EDGE, _client(srv.base_url, cache_dir), 2, save=store.save)
+        assert len(first.added) == 2  # saved, not validated (as when Ctrl-C stops the run)
+        args = [a for a in _generate_args(srv.base_url, templates_copy) if a != "--no-cache"]
+        assert mmdata_main([*args, "--n", "4", "--cache-dir", str(cache_dir)]) == 0
+    by_id = store.load("edge2img", templates_copy).by_id()
+    assert [by_id[i].status for i in first.added] == ["rejected", "rejected"]
+    assert all("missing_marker: [ref#1]" in by_id[i].reasons for i in first.added)
+    assert len([t for t in by_id.values() if t.status == "candidate"]) == 2
