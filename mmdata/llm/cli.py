@@ -213,11 +213,28 @@ def _print_validation(rep, out=None, verbose: bool = False) -> None:
         print(f"  INVALID accepted {f.id}: {f.text!r}: " + "; ".join(f.reasons), file=out)
 
 
+@contextlib.contextmanager
+def _redacting_logs(config: EndpointConfig) -> Iterator[None]:
+    """While the command runs, the root handlers write `***` for the API key and the URL's secrets
+    (httpx logs every request's URL, userinfo included, under -v)."""
+    from mmdata.llm.client import RedactSecrets, url_secrets
+
+    flt = RedactSecrets([config.api_key, *url_secrets(config.base_url)])
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
 def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Check the endpoint first, then take the template files' locks (creating --templates-dir when
     needed): a run whose endpoint is down, refuses the key or lacks the model writes nothing."""
     from mmdata.llm.cache import ResponseCache
-    from mmdata.llm.client import LLMClient, LLMError
+    from mmdata.llm.client import LLMClient, LLMError, redact_url
 
     if not getattr(args, "verbose", False):
         # one INFO line per HTTP request from the openai client's transport is noise here
@@ -235,14 +252,17 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         group_markers=args.group_markers,
     )
     cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
-    with resolve_endpoint(args) as ep:
+    with resolve_endpoint(args) as ep, _redacting_logs(ep.config):
         client = LLMClient(ep.config, cache)
         try:
             client.check_model()
         except LLMError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        print(f"endpoint: {ep.config.base_url} model={ep.config.model} route={ep.config.route}")
+        print(
+            f"endpoint: {redact_url(ep.config.base_url)} model={ep.config.model} "
+            f"route={ep.config.route}"
+        )
         try:
             cache.check_writable()
         except OSError as e:

@@ -21,8 +21,10 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +105,73 @@ class EndpointConfig:
             raise ValueError("base_url is empty")
 
 
+# Query parameters whose values are secrets (`?api_key=`, `?token=`, `?sig=` of a signed URL).
+_SECRET_PARAM = re.compile(r"key|token|secret|sig|passw|auth|credential", re.IGNORECASE)
+REDACTED = "***"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL: the password of `user:password@host`, values of secret-looking
+    query parameters."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    out = [password] if password else []
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if value and _SECRET_PARAM.search(name):
+            out.append(value)
+    return out
+
+
+def redact_url(url: str) -> str:
+    """`url` as it may be shown: a password in it and secret query values become `***`."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if password:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:{REDACTED}@{hostport}"
+    query = parts.query
+    if query and url_secrets(url):
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{urllib.parse.quote(k)}="
+            + (REDACTED if v and _SECRET_PARAM.search(k) else urllib.parse.quote(v))
+            for k, v in pairs
+        )
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter that writes `***` for each secret found in a record's message: the API key
+    and the URL's secrets, in case a library (httpx logs each request's URL at INFO) prints them."""
+
+    MIN_LEN = 4  # shorter strings would mask ordinary text
+
+    def __init__(self, secrets: list[str | None]):
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s and len(s) >= self.MIN_LEN}, key=len)[::-1]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler
+            return True
+        if any(s in msg for s in self.secrets):
+            for s in self.secrets:
+                msg = msg.replace(s, REDACTED)
+            record.msg, record.args = msg, None
+        return True
+
+
 def api_key_from_env() -> str | None:
     return os.environ.get("MMDATA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
 
@@ -169,6 +238,7 @@ class LLMClient:
         rng: random.Random | None = None,
     ):
         self.config = config
+        self.url = redact_url(config.base_url)  # the URL as messages show it
         self.cache = cache if cache is not None else ResponseCache(enabled=False)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -209,19 +279,19 @@ class LLMClient:
         except (openai.APIStatusError, json.JSONDecodeError, openai.APIResponseValidationError):
             log.warning(
                 "%s has no usable /models listing; not checking the model name",
-                self.config.base_url,
+                self.url,
             )
             return
         if models and self.config.model not in models:
             raise ModelNotFound(
-                f"model {self.config.model!r} is not served at {self.config.base_url}; "
+                f"model {self.config.model!r} is not served at {self.url}; "
                 f"it serves: {', '.join(models)} (pass one with --model)"
             )
 
     def _unreachable_message(self, err: Exception | None) -> str:
         cause = err.__cause__ if err is not None and err.__cause__ is not None else err
         cfg = self.config
-        head = f"cannot reach the LLM endpoint at {cfg.base_url} ({type(cause).__name__}: {cause})"
+        head = f"cannot reach the LLM endpoint at {self.url} ({type(cause).__name__}: {cause})"
         if cfg.base_url_from and cfg.base_url_from.startswith("--"):
             return (
                 f"{head}; the URL given with {cfg.base_url_from} could not be reached: check that an "
@@ -245,15 +315,15 @@ class LLMClient:
         what = "refused the request" if status == 401 else f"denied access to model {cfg.model!r}"
         if not cfg.api_key:
             return (
-                f"{cfg.base_url} {what} (HTTP {status}) and no API key is set: export "
+                f"{self.url} {what} (HTTP {status}) and no API key is set: export "
                 "MMDATA_LLM_API_KEY=<key> (or OPENAI_API_KEY) with a key for this endpoint"
             )
         if status == 401:
             return (
-                f"{cfg.base_url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
+                f"{self.url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
                 "OPENAI_API_KEY to a valid key"
             )
-        return f"{cfg.base_url} {what} (HTTP 403); check that the API key may use this model"
+        return f"{self.url} {what} (HTTP 403); check that the API key may use this model"
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -300,7 +370,7 @@ class LLMClient:
             except openai.RateLimitError as e:
                 if "insufficient_quota" in (e.code, e.type):
                     raise QuotaExhausted(
-                        f"{cfg.base_url} answered HTTP 429 insufficient_quota ({_short(e)}): the "
+                        f"{self.url} answered HTTP 429 insufficient_quota ({_short(e)}): the "
                         "account of this API key has no quota left; waiting will not help, check "
                         "its plan and billing (or use another key or endpoint)"
                     ) from None
@@ -320,12 +390,12 @@ class LLMClient:
             except openai.NotFoundError as e:
                 if "model" in str(e).lower():
                     raise ModelNotFound(
-                        f"model {cfg.model!r} is not served at {cfg.base_url} (HTTP 404: "
+                        f"model {cfg.model!r} is not served at {self.url} (HTTP 404: "
                         f"{_short(e)}); pass a served model id with --model"
                     ) from None
                 route_path = "chat/completions" if cfg.route == "chat" else "completions"
                 raise LLMError(
-                    f"{cfg.base_url}/{route_path} does not exist (HTTP 404); check that --base-url "
+                    f"{self.url}/{route_path} does not exist (HTTP 404); check that --base-url "
                     "ends with /v1 and that the endpoint supports the "
                     f"{cfg.route!r} route (--mode)"
                 ) from None

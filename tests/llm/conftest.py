@@ -40,12 +40,16 @@ def templates_copy(tmp_path: Path, _seed_template_files: dict[str, str]) -> Path
 @pytest.fixture(autouse=True)
 def _restore_logging():
     """`mmdata.cli.main` configures logging onto the (captured) stderr of the test that calls it;
-    put the root handlers back so later tests do not write to a closed stream."""
+    put the root handlers back so later tests do not write to a closed stream, and the levels
+    `templates generate` sets on the HTTP client's loggers, so a later `-v` run logs them."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpx2", "openai")}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, lvl in quiet.items():
+        logging.getLogger(name).setLevel(lvl)
 
 
 @pytest.fixture

@@ -701,3 +701,30 @@ def test_resumed_run_validates_the_candidates_the_interrupted_run_saved(template
     assert [by_id[i].status for i in first.added] == ["rejected", "rejected"]
     assert all("missing_marker: [ref#1]" in by_id[i].reasons for i in first.added)
     assert len([t for t in by_id.values() if t.status == "candidate"]) == 2
+
+
+def test_secrets_in_the_base_url_are_never_shown(templates_copy, capsys, caplog):
+    """A base URL with `user:password@` (a proxy with basic auth) or a secret query value: the
+    password is used but the `endpoint:` line, error messages and -v logs (httpx logs every
+    request's URL) show `***`."""
+    from mmdata.llm.client import redact_url
+
+    assert redact_url("https://u:pw@h.example/v1") == "https://u:***@h.example/v1"
+    assert (
+        redact_url("https://h.example/v1?api-version=2024&api_key=k123&sig=zz")
+        == "https://h.example/v1?api-version=2024&api_key=***&sig=***"
+    )
+    assert redact_url("http://127.0.0.1:8080/v1") == "http://127.0.0.1:8080/v1"
+    password = "pw-very-secret-42"
+    with FaultServer([], default=("ok", _varied)) as srv:
+        url = srv.base_url.replace("http://", f"http://proxyuser:{password}@")
+        assert mmdata_main(["-v", *_generate_args(url, templates_copy)]) == 0
+        assert srv.requests  # the URL was used
+    dead = f"http://proxyuser:{password}@127.0.0.1:{free_port()}/v1"
+    assert mmdata_main(_generate_args(dead, templates_copy)) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err + caplog.text
+    assert password not in text
+    assert "endpoint: http://proxyuser:***@127.0.0.1:" in out.out
+    assert "cannot reach the LLM endpoint at http://proxyuser:***@" in out.err
+    assert "HTTP Request: POST http://proxyuser:***@" in caplog.text
