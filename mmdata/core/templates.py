@@ -109,8 +109,8 @@ def load_templates(task: str, templates_dir: str | Path | None = None) -> list[T
     out: list[Template] = []
     seen: set[str] = set()
     for i, t in enumerate(doc.get("templates") or []):
-        if not isinstance(t, dict) or "id" not in t or "text" not in t:
-            raise TemplateError(f"{path}: entry {i} needs 'id' and 'text'")
+        if not isinstance(t, dict) or "id" not in t or not isinstance(t.get("text"), str):
+            raise TemplateError(f"{path}: entry {i} needs 'id' and 'text' (a string)")
         if t["id"] in seen:
             raise TemplateError(f"{path}: duplicate template id {t['id']!r}")
         seen.add(t["id"])

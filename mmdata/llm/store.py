@@ -51,10 +51,20 @@ class TemplateEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TemplateEntry:
+        """An entry from its mapping; ValueError saying what is wrong with a hand-edited one."""
         known = {"id", "text", "status", "source", "provenance", "reasons"}
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a mapping with id and text, got {d!r}")
+        for name in ("id", "text"):
+            if d.get(name) is None or isinstance(d[name], (dict, list)):
+                raise ValueError(f"template {d.get('id')!r}: needs a {name!r} string")
         status = d.get("status", "candidate")
         if status not in STATUSES:
             raise ValueError(f"template {d.get('id')!r}: unknown status {status!r}")
+        if not isinstance(d.get("provenance") or {}, dict):
+            raise ValueError(f"template {d['id']!r}: provenance must be a mapping")
+        if not isinstance(d.get("reasons") or [], list):
+            raise ValueError(f"template {d['id']!r}: reasons must be a list")
         return cls(
             id=str(d["id"]),
             text=str(d["text"]),
@@ -146,14 +156,26 @@ def load_path(path: str | Path, expected_task: str | None = None) -> TemplateFil
     task = str(data["task"])
     if expected_task is not None and task != expected_task:
         raise ValueError(f"{path}: task is {task!r}, expected {expected_task!r}")
-    entries = [TemplateEntry.from_dict(d) for d in data.get("templates") or []]
+    raw_entries = data.get("templates") or []
+    if not isinstance(raw_entries, list):
+        raise ValueError(f"{path}: 'templates' must be a list")
+    entries = []
+    for i, d in enumerate(raw_entries):
+        try:
+            entries.append(TemplateEntry.from_dict(d))
+        except ValueError as e:
+            raise ValueError(f"{path}: entry {i + 1} of 'templates': {e}") from None
+    try:
+        version = int(data.get("version", FORMAT_VERSION))
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: version must be an integer, not {data['version']!r}") from None
     ids = [e.id for e in entries]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise ValueError(f"{path}: duplicate template ids {sorted(dup)}")
     return TemplateFile(
         task=task,
-        version=int(data.get("version", FORMAT_VERSION)),
+        version=version,
         templates=entries,
         header="".join(header_lines),
         path=path,

@@ -341,6 +341,42 @@ def test_hand_edited_files_that_do_not_parse_name_the_file(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(
+    "entry,problem",
+    [
+        ("- just a string", "expected a mapping"),
+        ("- {id: a, status: accepted}", "needs a 'text' string"),
+        ("- {id: a, text: [1], status: accepted}", "needs a 'text' string"),
+        ("- {text: 'Draw {caption} from [ref#1].'}", "needs a 'id' string"),
+        ("- {id: a, text: 'Draw {caption} from [ref#1].', provenance: [1]}", "provenance must be"),
+        ("- {id: a, text: 'Draw {caption} from [ref#1].', reasons: 5}", "reasons must be a list"),
+    ],
+)
+def test_malformed_template_entries_are_one_line_errors(tmp_path, capsys, entry, problem):
+    """A hand-edited entry that is not a mapping, lacks its text or has a provenance or reasons of
+    the wrong kind: every templates command says which file and entry (they were KeyError,
+    AttributeError or TypeError tracebacks)."""
+    from mmdata.cli import main as mmdata_main
+
+    path = tmp_path / "edge2img.yaml"
+    path.write_text("task: edge2img\nversion: 1\ntemplates:\n  " + entry + "\n")
+    with pytest.raises(ValueError, match=rf"edge2img.yaml: entry 1 of 'templates': .*{problem}"):
+        store.load("edge2img", tmp_path)
+    for cmd in (["list", "--show"], ["validate", "--no-embed"]):
+        args = ["templates", *cmd, "--task", "edge2img", "--templates-dir", str(tmp_path)]
+        assert mmdata_main(args) == 2
+        err = capsys.readouterr().err
+        assert "edge2img.yaml: entry 1" in err and "Traceback" not in err
+    if "text: [1]" in entry:  # the pipelines' loader too
+        from mmdata.core.templates import TemplateError
+
+        with pytest.raises(TemplateError, match="needs 'id' and 'text'"):
+            load_templates("edge2img", tmp_path)
+    (tmp_path / "edge2img.yaml").write_text("task: edge2img\nversion: x\ntemplates: []\n")
+    with pytest.raises(ValueError, match="edge2img.yaml: version must be an integer"):
+        store.load("edge2img", tmp_path)
+
+
+@pytest.mark.parametrize(
     "text,problem",
     [
         ("Draw {caption!r} from the edges of [ref#1].", "conversion or format spec"),
