@@ -23,7 +23,8 @@ class ImageTextPair:
         image: encoded image bytes (after ingest: validated, orientation applied, 8-bit RGB/RGBA).
         format: encoded format of `image`: "png", "jpeg" or "webp".
         caption: cleaned caption text.
-        source: where the record came from (file path, tar member, manifest row).
+        source: where the record came from (file path, tar member, manifest row), relative to the
+            job's input folder (`mmdata.io.readers.source_base`).
         url: original URL when known.
         width, height: pixel size of `image`.
         sha256: hex digest of `image`.

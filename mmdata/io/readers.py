@@ -20,6 +20,7 @@ where the matching Beam extras are installed.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import json
@@ -202,13 +203,45 @@ class _Source(beam.PTransform):
     """A reader of `pattern` (a folder, or a file glob) with the ingest config.
 
     `root` is the folder or file as named, when `pattern` is it with glob characters escaped (a folder
-    `photos [2024]` is read as itself, not as a pattern); records' keys are relative to it."""
+    `photos [2024]` is read as itself, not as a pattern); records' keys are relative to it, and so is
+    their `source`, from the input's folder (`source_base`): `emoji/noto/1f680.png`, `pairs.jsonl#4`,
+    `00000.tar::k.png`. So the shards say nothing of where the input lay (a home folder, a mount point)
+    and are the same bytes wherever it lies; `manifest.json` records the input (`config.input`)."""
 
     def __init__(self, pattern: str, cfg: IngestConfig | None = None, root: str | None = None):
         super().__init__()
         self.pattern = pattern.rstrip("/")
         self.root = (root or pattern).rstrip("/")
         self.cfg = cfg or IngestConfig()
+
+    def expand(self, pbegin):
+        base = source_base(self.root, self.pattern)
+        return self.read(pbegin) | "RelativeSource" >> beam.Map(relative_source, base)
+
+    def read(self, pbegin):  # noqa: ANN201 - a PCollection of RawRecords with full-path sources
+        raise NotImplementedError
+
+
+def source_base(root: str, pattern: str) -> str:
+    """The folder records' `source` is written relative to: a folder input itself; the folder of a
+    named manifest or tar file; for a glob, the folder before its first glob character
+    (`data/*/m.parquet` and `data/shard-*.tar` -> `data`)."""
+    root = root.rstrip("/")
+    # a glob as given (an existing path with glob characters is escaped into `pattern`, read as itself)
+    if pattern.rstrip("/") == root and any(c in root for c in _GLOB_CHARS):
+        return posixpath.dirname(root[: min(root.index(c) for c in _GLOB_CHARS if c in root)])
+    if _split_ext(root)[1] in (*MANIFEST_EXTS, "tar", "gz", "tgz"):
+        return posixpath.dirname(root)
+    return root
+
+
+def relative_source(rec: RawRecord, base: str) -> RawRecord:
+    """`rec` with its `source` relative to `base` (unchanged if it does not lie under it: a file a
+    manifest row names outside the manifest's folder keeps its full path)."""
+    prefix = base.rstrip("/") + "/"
+    if not rec.source.startswith(prefix):
+        return rec
+    return dataclasses.replace(rec, source=rec.source[len(prefix) :])
 
 
 def _list_local(root: str, warn: bool = True) -> Iterator[tuple[str, int | None]]:
@@ -311,7 +344,7 @@ def check_folder_has_images(root: str) -> None:
 class ReadFolder(_Source):
     """Image files under the folder `pattern` (recursively) with their sidecar captions."""
 
-    def expand(self, pbegin):
+    def read(self, pbegin):
         root = self.root
 
         def keyed(entry: tuple[str, int | None]) -> Iterator[tuple[str, tuple[str, str, int]]]:
@@ -688,9 +721,9 @@ class _ManifestRowFn(beam.DoFn):
             kind = type(caption).__name__
             yield record(None, ("caption_not_text", f"{cfg.caption_field!r} is a {kind}, not text"))
             return
+        metadata["path"] = path  # as the row wrote it (a relative one is not made a full path here)
         if is_local(path) and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
-        metadata["path"] = path
         try:
             exists = paths.exists(path)
         except ValueError as e:
@@ -706,7 +739,7 @@ class _ManifestRowFn(beam.DoFn):
 class ReadManifest(_Source):
     """Rows of Parquet/CSV/JSONL/JSON manifests naming image paths and captions."""
 
-    def expand(self, pbegin):
+    def read(self, pbegin):
         cfg = self.cfg
         return (
             pbegin
@@ -952,7 +985,7 @@ class _TarFn(beam.DoFn):
 class ReadWebDataset(_Source):
     """img2dataset-style WebDataset tar shards."""
 
-    def expand(self, pbegin):
+    def read(self, pbegin):
         return (
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern)

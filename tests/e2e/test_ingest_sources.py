@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import imagegen
@@ -227,11 +228,16 @@ def test_shards_do_not_depend_on_the_directory_the_job_ran_from(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     _run("src", tmp_path / "rel")
     _run("./src/", tmp_path / "rel2")
+    moved = tmp_path / "elsewhere" / "deeper"  # the same input at another place
+    shutil.copytree(src, moved)
+    _run(str(moved), tmp_path / "moved")
     tars = sorted(p.name for p in (tmp_path / "abs").glob("*.tar"))
     assert tars
     for name in tars:
         data = (tmp_path / "abs" / name).read_bytes()
         assert (tmp_path / "rel" / name).read_bytes() == data
         assert (tmp_path / "rel2" / name).read_bytes() == data
+        assert (tmp_path / "moved" / name).read_bytes() == data
     sample = next(iter(wds.WebDataset(str(tmp_path / "rel" / tars[0]), shardshuffle=False)))
-    assert json.loads(sample["json"])["source"].startswith(str(src))
+    source = json.loads(sample["json"])["source"]  # relative to the input folder
+    assert (src / source).is_file() and str(tmp_path) not in source
