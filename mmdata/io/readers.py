@@ -755,6 +755,10 @@ def _unsafe_member(name: str) -> bool:
     return name.startswith("/") or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
+# tar member fields already warned about in this process (one warning per field, not per sample)
+_warned_unread: set[str] = set()
+
+
 class _TarFn(beam.DoFn):
     """One img2dataset-style tar (+ its parquet) -> RawRecords."""
 
@@ -970,6 +974,23 @@ class _TarFn(beam.DoFn):
         elif not images:
             error = error or ("missing_image", f"sample has members {sorted(members)} but no image")
         image = members[images[0]] if images else None
+        # Fields a pair has no place for (a class label `k.cls`, a mask `k.seg.png`): not read, but
+        # named in the record's metadata, so the shards say what the source sample also held.
+        unread = sorted(
+            f for f in members if f not in IMAGE_EXTS and f not in SIDECAR_EXTS and f[:2] != "__"
+        )
+        if unread:
+            metadata["unread_fields"] = unread
+            if not _warned_unread.intersection(unread):
+                _warned_unread.update(unread)
+                log.warning(
+                    "%s: sample %r has member(s) with field(s) %s that ingest does not read (one "
+                    "image, .txt and .json per sample); they are listed in each record's "
+                    "metadata.unread_fields",
+                    tar_path,
+                    key,
+                    unread,
+                )
         url = metadata.get("url") if isinstance(metadata.get("url"), str) else None
         return RawRecord(
             key=key,

@@ -276,3 +276,26 @@ def test_a_tar_sample_with_two_images_rejects_the_second(tmp_path):
     sidecar = by["bad_sidecar"]["detail"]
     assert str(src / "00000.parquet") in sidecar and "<Buffer>" not in sidecar
     assert m["counts"]["ingest"]["input"] == 5
+
+
+def test_tar_fields_ingest_does_not_read_are_named_in_the_record(tmp_path, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    _tar(
+        src / "00000.tar",
+        [
+            ("k.cls", b"3"),
+            ("k.png", _png(2)),
+            ("k.seg.png", _png(5)),
+            ("k.txt", b"a shape"),
+            ("n.png", _png(3)),
+            ("n.txt", b"another shape"),
+        ],
+    )
+    with caplog.at_level("WARNING"):
+        m, kept, rejects = _run(str(src), tmp_path / "out")
+    assert rejects == [] and m["counts"]["ingest"]["input"] == 2
+    meta = {r["caption"]: json.loads(r["metadata_json"]) for r in kept}
+    assert meta["a shape"]["unread_fields"] == ["cls", "seg.png"]
+    assert "unread_fields" not in meta["another shape"]
+    assert "does not read" in caplog.text and "'seg.png'" in caplog.text
