@@ -281,12 +281,20 @@ def _forked_worker(conn: Any, request: dict, stdio: list[int]) -> None:
         os._exit(code & 0xFF)
 
 
-class WorkerZygote:
-    """The process local multi_processing workers are forked from (see `mmdata.beam_worker`): started
-    with the names of the `mmdata` / `pipelines` modules this process has imported, which it imports
-    too; it exits when this process closes its stdin (at exit, or when it dies)."""
+# What the zygote imports besides Beam's worker: the job modules, which import what their steps use
+# (Beam, numpy, PIL, OpenCV, pyarrow; not torch). Not every mmdata module this process has imported:
+# a benchmark or notebook may have imported `webdataset` (whose `__init__` imports torch, 1.2 s) or the
+# trainer, which the workers never need, and the first bundle would wait for that import.
+JOB_MODULES = ("pipelines.demo", "pipelines.ingest")
 
-    def __init__(self, preload: list[str] = ()) -> None:
+
+class WorkerZygote:
+    """The process local multi_processing workers are forked from (see `mmdata.beam_worker`): it
+    imports Beam's worker, `JOB_MODULES` and `preload`; a module a job needs beyond those is imported
+    by each worker when it unpickles the job's steps, as a started worker does. It exits when this
+    process closes its stdin (at exit, or when it dies)."""
+
+    def __init__(self, preload: tuple[str, ...] = ()) -> None:
         import json
         import os
         import subprocess
@@ -294,10 +302,7 @@ class WorkerZygote:
 
         self.folder = tempfile.mkdtemp(prefix="mmdata-workers-")
         self.socket = os.path.join(self.folder, "zygote.sock")
-        modules = sorted(
-            {m for m in list(sys.modules) if m.split(".")[0] in ("mmdata", "pipelines")}
-            | set(preload)
-        )
+        modules = sorted({*JOB_MODULES, *preload})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", MODULE, ZYGOTE_FLAG, self.socket], stdin=subprocess.PIPE
         )
@@ -330,10 +335,9 @@ def zygote_enabled() -> bool:
     return sys.platform.startswith("linux") and flag not in ("0", "false", "no", "off")
 
 
-def worker_zygote(preload: list[str] = ()) -> WorkerZygote | None:
+def worker_zygote(preload: tuple[str, ...] = ()) -> WorkerZygote | None:
     """This process's worker zygote, started on first use (None where it is turned off), importing
-    `preload` and the `mmdata` / `pipelines` modules imported here. One serves every local
-    multi_processing job of the process."""
+    `JOB_MODULES` and `preload`. One serves every local multi_processing job of the process."""
     global _ZYGOTE
     if not zygote_enabled():
         return None

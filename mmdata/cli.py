@@ -61,10 +61,6 @@ class _DropImportNoise(logging.Filter):
         return not any(n in message for n in self.NOISE)
 
 
-# What a local multi_processing job's workers import first (the rest follows from the pickled steps).
-JOB_MODULES = ["pipelines.demo", "pipelines.ingest"]
-
-
 def _multi_processing_local(argv: list[str]) -> bool:
     """Whether the command line asks for local worker processes (`--direct_running_mode
     multi_processing` on the DirectRunner, the default runner)."""
@@ -91,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Worker processes are forked from one that imports Beam's worker and the job's modules: start
         # it now, so it imports beside this process's own imports rather than after them.
-        worker_zygote(JOB_MODULES)
+        worker_zygote()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

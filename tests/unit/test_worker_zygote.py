@@ -169,3 +169,25 @@ def test_forked_workers_write_to_the_runners_stderr_of_now(tmp_path):
         beam_worker.close_zygote()
     text = log.read_text()
     assert all(f"worker-says-{x}" in text for x in (1, 2, 3)), text[-2000:]
+
+
+def test_zygote_imports_only_what_workers_need():
+    """A process that has imported webdataset (so torch) or the trainer does not make the zygote import
+    them: the first bundle waited 1.2 s for torch's import in bench-ingest."""
+    import webdataset  # noqa: F401 - its __init__ imports torch here
+
+    beam_worker.close_zygote()
+    zygote = beam_worker.worker_zygote()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until it waits for requests (imports done)
+            with open(f"/proc/{zygote.proc.pid}/wchan") as f:
+                if f.read().startswith(("poll_schedule", "do_select", "do_sys_poll")):
+                    break
+            time.sleep(0.05)
+        with open(f"/proc/{zygote.proc.pid}/maps") as f:
+            maps = f.read()
+        assert "cv2" in maps  # the job modules' own imports are there
+        assert "libtorch" not in maps
+    finally:
+        beam_worker.close_zygote()
