@@ -225,6 +225,11 @@ def _fn_api_runner_class() -> type:
                 zygote = worker_zygote()
                 if zygote is not None:  # workers forked from it (warm start), not started cold
                     env.command_string += f" {VIA_FLAG} {shlex.quote(zygote.socket)}"
+                    log.debug("local workers forked from the zygote, pid %d", zygote.proc.pid)
+                else:
+                    log.debug(
+                        "local workers started cold (%s=0 or not Linux)", "MMDATA_WORKER_ZYGOTE"
+                    )
             self._mmdata_environment = env
 
     return FnApiRunner
