@@ -399,4 +399,10 @@ def summarize(output: str) -> str:
         f"  shards: {len(m['shards'])}  samples: {m['totals']['samples']}  rejects: {m['totals']['rejects']}"
     )
     lines.append(f"  tasks: {m['tasks']}")
+    if not m["totals"]["samples"]:
+        reasons = sorted({r for c in m["counts"].values() for r in c["rejected"]})
+        lines.append(
+            "  warning: the dataset is empty: every input was rejected "
+            f"({', '.join(reasons) or 'no reason recorded'}); see rejects.parquet"
+        )
     return "\n".join(lines)

@@ -38,3 +38,12 @@ def test_codes():
     assert cli._user_error_code(SourceChangedError("changed")) == 1
     assert cli._user_error_code(RuntimeError("a bug")) is None
     assert cli._user_error_code(KeyError("a bug")) is None
+
+
+def test_a_job_that_keeps_nothing_says_so(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"not a png")  # a reject (no caption, not an image)
+    assert cli.main(["ingest", "--input", str(src), "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the dataset is empty" in out and "rejects.parquet" in out
