@@ -91,6 +91,14 @@ def main(*, imported: bool = False) -> None:
 # pool, jemalloc's background thread), so each worker starts from a clean state. If the zygote cannot be reached, the client runs the
 # worker itself (the cold start). Linux only; `MMDATA_WORKER_ZYGOTE=0` turns it off.
 
+_DIRECT_NAMES = {"directrunner", "direct", "switchingdirectrunner"}
+
+
+def is_direct(runner: Any) -> bool:
+    """Whether a `--runner` value (None: not given) is the local DirectRunner."""
+    return runner is None or str(runner).lower() in _DIRECT_NAMES
+
+
 ZYGOTE_FLAG = "--zygote"
 VIA_FLAG = "--via"
 ZYGOTE_ENV = "MMDATA_WORKER_ZYGOTE"
@@ -326,6 +334,7 @@ class WorkerZygote:
 
 _ZYGOTE: WorkerZygote | None = None
 _ZYGOTE_LOCK = threading.Lock()
+_ATEXIT_REGISTERED = False
 
 
 def zygote_enabled() -> bool:
@@ -341,12 +350,14 @@ def worker_zygote(preload: tuple[str, ...] = ()) -> WorkerZygote | None:
     global _ZYGOTE
     if not zygote_enabled():
         return None
+    global _ATEXIT_REGISTERED
     with _ZYGOTE_LOCK:
         if _ZYGOTE is None or not _ZYGOTE.alive():
-            if _ZYGOTE is None:
+            if not _ATEXIT_REGISTERED:
                 import atexit
 
                 atexit.register(close_zygote)
+                _ATEXIT_REGISTERED = True
             _ZYGOTE = WorkerZygote(preload)
         return _ZYGOTE
 

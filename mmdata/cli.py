@@ -77,8 +77,9 @@ def _multi_processing_local(argv: list[str]) -> bool:
                 runner = value
             else:
                 mode = value
-    direct = runner is None or runner.lower() in ("directrunner", "direct", "switchingdirectrunner")
-    return mode == "multi_processing" and direct
+    from mmdata.beam_worker import is_direct
+
+    return mode == "multi_processing" and is_direct(runner)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineRunner
 
+from mmdata.beam_worker import is_direct
+
 log = logging.getLogger("mmdata")
 
 
@@ -251,13 +253,6 @@ class _Pipeline(beam.Pipeline):
         ):
             test_runner_api = False
         return super().run(test_runner_api)
-
-
-_DIRECT_NAMES = {"directrunner", "direct", "switchingdirectrunner"}
-
-
-def is_direct(runner: Any) -> bool:
-    return runner is None or str(runner).lower() in _DIRECT_NAMES
 
 
 def local_runner(opts: PipelineOptions) -> PipelineRunner | None:

@@ -229,7 +229,7 @@ def source_base(root: str, pattern: str) -> str:
     root = root.rstrip("/")
     # a glob as given (an existing path with glob characters is escaped into `pattern`, read as itself)
     if pattern.rstrip("/") == root and any(c in root for c in _GLOB_CHARS):
-        return posixpath.dirname(root[: min(root.index(c) for c in _GLOB_CHARS if c in root)])
+        return _manifest_base(root, pattern)
     if _split_ext(root)[1] in (*MANIFEST_EXTS, "tar", "gz", "tgz"):
         return posixpath.dirname(root)
     return root
