@@ -58,7 +58,7 @@ def to_grey(image: np.ndarray, background: tuple[int, int, int] = WHITE) -> np.n
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     grey = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
-    alpha = np.ascontiguousarray(image[:, :, 3])
+    alpha = cv2.extractChannel(image, 3)
     bg = _luma(tuple(background))
     if bg == 255:
         # 255 - round((255 - g) * a / 255): the same integers as the blend above, in OpenCV's
