@@ -30,9 +30,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmdata.core.reasons import Reason
 
-# We enforce our own pixel limit from the header; disable PIL's global one so the reason is ours.
-Image.MAX_IMAGE_PIXELS = None
-
 KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 # EXIF orientations that move pixels; 1 is upright, anything else (0, 9, garbage) is invalid.
 _MOVING_ORIENTATIONS = frozenset(range(2, 9))
@@ -61,6 +58,18 @@ class DecodedImage:
     original_mode: str
 
 
+def _allow_pixels(max_pixels: int) -> None:
+    """Let PIL open images up to `max_pixels` (the limit mmdata checks from the header itself).
+
+    PIL refuses an image over 2 x `Image.MAX_IMAGE_PIXELS` (about 179 M pixels by default) when it
+    opens it. mmdata's default `max_pixels` (64 M) is below that, so PIL's process-wide setting is left
+    as it is (importing mmdata does not switch off a user's own protection); only a job configured
+    for larger images lifts it, to the configured limit."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and max_pixels >= 2 * pil_limit:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
 def decode_image(
     data: bytes | None,
     max_file_bytes: int = 64 * 1024 * 1024,
@@ -77,10 +86,15 @@ def decode_image(
         return Reason("empty_file", "zero bytes")
     if len(data) > max_file_bytes:
         return Reason("file_too_large", f"{len(data)} bytes > {max_file_bytes}")
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter(
+                "ignore"
+            )  # PIL's DecompressionBombWarning: our limit applies below
             img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        return Reason("decompression_bomb", f"{e} (over PIL's own limit, before ours)")
     except UnidentifiedImageError:
         return Reason("not_an_image", f"unrecognised image data (starts {data[:8]!r})")
     except Exception as e:  # noqa: BLE001 - any decoder failure is a reject, not a crash

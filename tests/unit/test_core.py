@@ -347,3 +347,31 @@ def test_reduced_jpeg_check_gives_the_full_decode_result():
             assert not isinstance(fast, Reason), (name, fast)
             assert fast == full, name
     assert "truncated_image" in reasons  # the damaged set does exercise the rejects
+
+
+def test_pil_pixel_limit_left_alone_and_bombs_still_ours():
+    # importing mmdata must not switch off PIL's process-wide bomb protection for the user's own code
+    import subprocess
+    import sys
+
+    code = "import mmdata.core.image, pipelines.ingest; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from PIL import Image
+
+    assert out.stdout.strip() == str(Image.MAX_IMAGE_PIXELS) != "None"
+    # over PIL's 2 x limit (PIL refuses it while opening) and over ours: our reason, not corrupt_image
+    huge = imagegen.bomb_png(20_000, 20_000)
+    assert decode_image(huge, max_side=50_000).reason == "decompression_bomb"
+
+
+def test_configured_pixel_limit_above_pil_s_own(monkeypatch):
+    # a job configured for larger images than PIL allows gets them decoded, up to its own limit
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses > 2000 px
+    img = io.BytesIO()
+    Image.new("RGB", (60, 60), (10, 200, 30)).save(img, format="PNG")  # 3600 px
+    assert decode_image(img.getvalue(), max_pixels=5000).width == 60
+    assert decode_image(img.getvalue(), max_pixels=3000).reason == "decompression_bomb"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert decode_image(img.getvalue(), max_pixels=1500).reason == "decompression_bomb"
