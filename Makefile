@@ -8,15 +8,15 @@ OUT ?= out
 # CPU paths (AMX) that crash on some x86-64 CPUs; this build is portable to any AVX2 machine.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-# Precompiled bytecode: start-up of every Beam worker process does not recompile Beam and torch.
-export UV_COMPILE_BYTECODE := 1
+# Precompiled bytecode (at setup): start-up of every Beam worker process does not recompile Beam and torch.
+# Only `uv sync` compiles; `uv run` would otherwise re-check all ~21k files and say so on every target.
 
 .PHONY: setup demo test test-fast lint format bench-ingest bench-models models-quality bench-templates bench-train \
 	corpus-sources corpus-sources-all corpus weights-verify templates-check llm-server-start llm-server-stop dist clean
 
 setup:  ## .venv with the locked dependencies, all groups (first run compiles llama.cpp: ~10 min on 2 cores)
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen --all-groups
+	UV_COMPILE_BYTECODE=1 $(UV) sync --frozen --all-groups
 
 demo:  ## run the main job on the bundled sample corpus; prints the output folder
 	$(RUN) mmdata demo --output $(OUT)/demo
