@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.WARNING
     )
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.WARNING)
+    # "Creating state cache with size 0": the in-process runner's cache is off unless asked for.
+    logging.getLogger("apache_beam.runners.worker.statecache").setLevel(logging.WARNING)
     parser = build_parser()
     if not (sys.argv[1:] if argv is None else argv):
         parser.print_help(sys.stderr)  # the command list, not only "arguments are required"
