@@ -28,6 +28,7 @@ from mmdata.llm.prompts import Sampling
 from mmdata.llm.validate import DEFAULT_SIMILARITY_THRESHOLD, default_embedder, validate_file
 
 if TYPE_CHECKING:
+    from mmdata.llm.cache import ResponseCache
     from mmdata.llm.client import EndpointConfig, LLMClient
 
 DEFAULT_CONCURRENCY = 4  # mmdata.llm.generate.DEFAULT_CONCURRENCY, without importing openai here
@@ -134,10 +135,25 @@ class Endpoint:
     local: bool
 
 
+class EndpointSettingsError(ValueError):
+    """The endpoint settings are missing or unusable (no URL, no model, an unreadable key file): a
+    usage error, reported as one line with exit status 2 before anything is sent or written."""
+
+
+NO_ENDPOINT_MESSAGE = (
+    "no LLM endpoint configured: pass --base-url URL and --model NAME (or set MMDATA_LLM_BASE_URL "
+    "and MMDATA_LLM_MODEL), with the API key in MMDATA_LLM_API_KEY (or OPENAI_API_KEY) if the "
+    "endpoint needs one; or start the local server with `make llm-server-start`, or add --local "
+    "to start one for this command"
+)
+
+
 @contextlib.contextmanager
 def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
-    """Flags > environment > a running local server > `--local` (start one for this command)."""
-    from mmdata.llm.client import EndpointConfig, api_key_from_env
+    """Flags > environment > a running local server > `--local` (start one for this command).
+
+    Raises EndpointSettingsError when no endpoint is configured or a setting is unusable."""
+    from mmdata.llm.client import EndpointConfig, api_key_from_env, redact_url
 
     base_url, base_url_from = args.base_url, "--base-url"
     for var in ("MMDATA_LLM_BASE_URL", "OPENAI_BASE_URL"):
@@ -153,7 +169,11 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
     )
     if base_url and not args.local:
         if not model:
-            raise SystemExit("error: pass --model (or set MMDATA_LLM_MODEL) for " + base_url)
+            where = "--base-url" if base_url_from == "--base-url" else f"${base_url_from}"
+            raise EndpointSettingsError(
+                f"no model given for the endpoint {redact_url(base_url)} (from {where}): pass "
+                "--model NAME (or set MMDATA_LLM_MODEL)"
+            )
         config = EndpointConfig(
             base_url, model, mode or "chat", base_url_from=base_url_from, **common
         )
@@ -176,11 +196,7 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
         )
         return
     if not args.local:
-        raise SystemExit(
-            "error: no LLM endpoint configured. Pass --base-url and --model (or set "
-            "MMDATA_LLM_BASE_URL / MMDATA_LLM_MODEL), start the local server with "
-            "`make llm-server-start`, or add --local to start one for this command."
-        )
+        raise EndpointSettingsError(NO_ENDPOINT_MESSAGE)
     with server.LocalLLMServer() as srv:
         yield Endpoint(
             EndpointConfig(
@@ -234,7 +250,6 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Check the endpoint first, then take the template files' locks (creating --templates-dir when
     needed): a run whose endpoint is down, refuses the key or lacks the model writes nothing."""
     from mmdata.llm.cache import ResponseCache
-    from mmdata.llm.client import LLMClient, LLMError, redact_url
 
     if not getattr(args, "verbose", False):
         # one INFO line per HTTP request from the openai client's transport is noise here
@@ -252,32 +267,49 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         group_markers=args.group_markers,
     )
     cache = ResponseCache(args.cache_dir, enabled=not args.no_cache)
-    with resolve_endpoint(args) as ep, _redacting_logs(ep.config):
-        client = LLMClient(ep.config, cache)
-        try:
-            client.check_model()
-        except LLMError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    try:
+        with resolve_endpoint(args) as ep, _redacting_logs(ep.config):
+            return _generate_at(args, tasks, ep, cache, sampling)
+    except EndpointSettingsError as e:  # a usage error, as argparse's: exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _generate_at(
+    args: argparse.Namespace,
+    tasks: list[str],
+    ep: Endpoint,
+    cache: ResponseCache,
+    sampling: Sampling,
+) -> int:
+    """`templates generate` once the endpoint is known: check it, then generate under the locks."""
+    from mmdata.llm.client import LLMClient, LLMError, redact_url
+
+    client = LLMClient(ep.config, cache)
+    try:
+        client.check_model()
+    except LLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"endpoint: {redact_url(ep.config.base_url)} model={ep.config.model} "
+        f"route={ep.config.route}"
+    )
+    try:
+        cache.check_writable()
+    except OSError as e:
         print(
-            f"endpoint: {redact_url(ep.config.base_url)} model={ep.config.model} "
-            f"route={ep.config.route}"
+            f"error: the response cache {cache.directory} cannot be written ({e}); pass "
+            "--cache-dir DIR (or set MMDATA_LLM_CACHE) to a writable folder, or --no-cache",
+            file=sys.stderr,
         )
-        try:
-            cache.check_writable()
-        except OSError as e:
-            print(
-                f"error: the response cache {cache.directory} cannot be written ({e}); pass "
-                "--cache-dir DIR (or set MMDATA_LLM_CACHE) to a writable folder, or --no-cache",
-                file=sys.stderr,
-            )
-            return 2
-        try:
-            with _template_locks(tasks, args.templates_dir):
-                return _generate_tasks(args, tasks, client, sampling)
-        except store.TemplateFileBusy as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        return 2
+    try:
+        with _template_locks(tasks, args.templates_dir):
+            return _generate_tasks(args, tasks, client, sampling)
+    except store.TemplateFileBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def _generate_tasks(

@@ -730,3 +730,45 @@ def test_secrets_in_the_base_url_are_never_shown(templates_copy, capsys, caplog)
     assert "endpoint: http://proxyuser:***@127.0.0.1:" in out.out
     assert "cannot reach the LLM endpoint at http://proxyuser:***@" in out.err
     assert "HTTP Request: POST http://proxyuser:***@" in caplog.text
+
+
+def test_no_endpoint_configured_is_a_one_line_usage_error(tmp_path, templates_copy, monkeypatch):
+    """No --base-url, no variable and no local server running: a usage error (exit 2, as argparse's)
+    on one line that names the flags and variables to set (it was exit 1); a URL without a model
+    likewise, with the URL's secrets masked. Nothing is created."""
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if not k.startswith(("MMDATA_LLM_", "OPENAI_"))
+    }
+    env["MMDATA_CACHE_DIR"] = str(tmp_path / "cache")  # no background server recorded there
+    before = _tree(tmp_path)
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mmdata.cli", "templates", "generate", "--task", "edge2img"]
+            + ["--templates-dir", str(templates_copy), "--no-cache", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    res = run()
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no LLM endpoint configured"), lines
+    for name in ("--base-url", "--model", "MMDATA_LLM_BASE_URL", "MMDATA_LLM_MODEL"):
+        assert name in lines[0]
+    assert "MMDATA_LLM_API_KEY" in lines[0] and "--local" in lines[0]
+    assert "make llm-server-start" in lines[0]
+
+    res = run("--base-url", "http://user:pw-secret-77@127.0.0.1:9/v1")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--model" in lines[0] and "MMDATA_LLM_MODEL" in lines[0], lines
+    assert "pw-secret-77" not in res.stderr and "user:***@127.0.0.1:9" in lines[0]
+    assert _tree(tmp_path) == before
