@@ -6,9 +6,10 @@ Both routes are supported: `chat` (chat.completions, for instruction-tuned model
 * retried with exponential backoff and jitter: timeouts, 408, 409, 429 (waiting what
   `Retry-After` says, capped), 5xx, dropped connections, malformed JSON and responses without
   choices (the `openai` client's own retry policy, plus bad responses);
-* fatal for the whole run, with a message that says what to fix: endpoint unreachable, model not
-  served, authentication refused, the account's quota used up (a 429 `insufficient_quota`, which
-  no wait cures).
+* fatal for the whole run, with a message that says what to fix: endpoint unreachable, not an
+  OpenAI-compatible API (its `/models` answers 200 with something other than a models list), model
+  not served, authentication refused, the account's quota used up (a 429 `insufficient_quota`,
+  which no wait cures).
 
 The API key is only handed to the `openai` client: it is never part of a cache key, a log line,
 an error message or a written file.
@@ -47,6 +48,12 @@ class LLMError(RuntimeError):
 
 
 class EndpointUnreachable(LLMError):
+    fatal = True
+
+
+class NotOpenAIEndpoint(LLMError):
+    """The URL answers, but not as an OpenAI-compatible API (a web page, some other JSON)."""
+
     fatal = True
 
 
@@ -108,6 +115,7 @@ class EndpointConfig:
 # Query parameters whose values are secrets (`?api_key=`, `?token=`, `?sig=` of a signed URL).
 _SECRET_PARAM = re.compile(r"key|token|secret|sig|passw|auth|credential", re.IGNORECASE)
 REDACTED = "***"
+SNIPPET_BYTES = 160  # of a reply that is not what was expected, shown in the error
 
 
 def url_secrets(url: str) -> list[str]:
@@ -255,31 +263,84 @@ class LLMClient:
     # -- checks ----------------------------------------------------------------------------------
 
     def list_models(self) -> list[str]:
-        """Model ids the endpoint serves; raises EndpointUnreachable / AuthenticationFailed."""
+        """Model ids the endpoint serves; raises EndpointUnreachable / AuthenticationFailed, and
+        NotOpenAIEndpoint when `/models` answers 2xx with something other than an OpenAI models
+        list (`{"object": "list", "data": [{"id": ...}, ...]}`)."""
         last: Exception | None = None
         for attempt in range(3):
             try:
-                return [m.id for m in self._client.models.list()]
+                raw = self._client.models.with_raw_response.list()
             except (openai.APIConnectionError, openai.APITimeoutError) as e:
                 last = e
                 self._sleep(self._backoff(attempt))
             except openai.AuthenticationError:
                 raise AuthenticationFailed(self._auth_message(401)) from None
+            else:
+                return self._model_ids(raw.http_response)
         raise EndpointUnreachable(self._unreachable_message(last)) from None
 
-    def check_model(self) -> None:
-        """Fail early, and clearly, if the endpoint is down or does not serve the model.
+    def _model_ids(self, resp: Any) -> list[str]:
+        """The ids of an OpenAI models list (`resp`: the httpx response of GET /models)."""
+        body = resp.content
+        try:
+            data = json.loads(body)
+        except ValueError:
+            problem = "not JSON"
+        else:
+            entries = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                problem = f"a JSON {type(data).__name__}, not an object"
+            elif not isinstance(entries, list):
+                problem = 'no "data" list'
+            elif data.get("object", "list") != "list":
+                problem = f'"object" is {data.get("object")!r}, not "list"'
+            elif not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in entries):
+                problem = 'a "data" entry without a string "id"'
+            else:
+                return [m["id"] for m in entries]
+        raise NotOpenAIEndpoint(self._not_openai_message(resp, problem)) from None
 
-        Endpoints without a `/models` listing are let through (the first request will tell).
+    def _not_openai_message(self, resp: Any, problem: str) -> str:
+        """What came back instead of a models list: URL, status, content type and the first bytes,
+        with the API key and the URL's secrets masked."""
+        body = resp.content
+        text = " ".join(body[:SNIPPET_BYTES].decode("utf-8", errors="replace").split())
+        for secret in (self.config.api_key, *url_secrets(self.config.base_url)):
+            if secret:
+                text = text.replace(secret, REDACTED)
+        if len(body) > SNIPPET_BYTES:
+            text += "..."
+        ctype = resp.headers.get("content-type") or "no content type"
+        cfg = self.config
+        if cfg.base_url_from and cfg.base_url_from.startswith("--"):
+            where = f"the URL given with {cfg.base_url_from}"
+        elif cfg.base_url_from:
+            where = f"the URL set in ${cfg.base_url_from}"
+        else:
+            where = "the URL"
+        return (
+            f"{redact_url(str(resp.url))} answered HTTP {resp.status_code} with {ctype}, "
+            f"{len(body)} bytes, that is not an OpenAI models list ({problem}): {text!r}; "
+            f"{where} is not an OpenAI-compatible API: check the host, port and path "
+            "(the base URL usually ends in /v1)"
+        )
+
+    def check_model(self) -> None:
+        """Fail early, and clearly, if the endpoint is down, is not an OpenAI-compatible API, or
+        does not serve the model.
+
+        Endpoints that answer `/models` with an HTTP error (no listing) are let through (the first
+        request will tell); a 2xx reply must be an OpenAI models list.
         """
         try:
             models = self.list_models()
         except LLMError:
             raise
-        except (openai.APIStatusError, json.JSONDecodeError, openai.APIResponseValidationError):
+        except openai.APIStatusError as e:
             log.warning(
-                "%s has no usable /models listing; not checking the model name",
+                "%s has no usable /models listing (HTTP %d); not checking the model name",
                 self.url,
+                e.status_code,
             )
             return
         if models and self.config.model not in models:

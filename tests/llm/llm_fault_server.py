@@ -15,7 +15,9 @@ request takes the n-th action of `script` (then `default`). Actions:
   ("quota",)          429 insufficient_quota (OpenAI's answer when the account has no credit)
   ("status", code)    `code` with an error body
 
-GET /v1/models lists `models`. With `require_key`, every request whose bearer token is not that
+GET /v1/models lists `models`; `models_reply` replaces that answer: (status, content_type, body) to
+send, or ("sleep", s) to wait s seconds first (a hung endpoint). GET requests to /models are counted in
+`models_requests`. With `require_key`, every request whose bearer token is not that
 key gets 401 (and is not recorded), as an endpoint that needs an API key answers. Requests are recorded (time, path, body, headers) and the
 maximum number of requests in flight at once is tracked.
 """
@@ -35,8 +37,11 @@ class FaultServer:
         default=("ok", "Draw {caption} now."),
         models=("fake-model",),
         require_key=None,
+        models_reply=None,
     ):
         self.script = list(script)
+        self.models_reply = models_reply
+        self.models_requests = 0
         self.require_key = require_key
         self.default = default
         self.models = list(models)
@@ -81,6 +86,14 @@ class FaultServer:
                 if self._refused():
                     return
                 if self.path.rstrip("/").endswith("/models"):
+                    with outer._lock:
+                        outer.models_requests += 1
+                    reply = outer.models_reply
+                    if reply is not None and reply[0] == "sleep":
+                        time.sleep(reply[1])
+                    elif reply is not None:
+                        self._send(reply[0], reply[2], ctype=reply[1])
+                        return
                     data = {
                         "object": "list",
                         "data": [

@@ -772,3 +772,72 @@ def test_no_endpoint_configured_is_a_one_line_usage_error(tmp_path, templates_co
     assert len(lines) == 1 and "--model" in lines[0] and "MMDATA_LLM_MODEL" in lines[0], lines
     assert "pw-secret-77" not in res.stderr and "user:***@127.0.0.1:9" in lines[0]
     assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "ctype, body, problem",
+    [
+        (
+            "text/html",
+            b"<!doctype html><html><body><h1>Welcome to nginx!</h1></body></html>",
+            "not JSON",
+        ),
+        ("text/plain", b"OK", "not JSON"),
+        ("application/json", b'{"status": "ok"}', 'no "data" list'),
+        ("application/json", b"[1, 2, 3]", "a JSON list, not an object"),
+        ("application/json", b'{"data": [{"name": "m"}]}', 'without a string "id"'),
+        ("application/json", b'{"object": "page", "data": []}', "\"object\" is 'page'"),
+    ],
+)
+def test_a_server_that_is_not_openai_compatible_is_refused(
+    templates_copy, capsys, ctype, body, problem
+):
+    """A server answering /models with 200 but not an OpenAI models list (a web page, some other
+    JSON) was taken for an endpoint (an HTML page even gave an AttributeError traceback). The check
+    now fails, naming the URL, what came back (content type, size, first bytes) and the problem;
+    the command sends no generation request and writes nothing."""
+    from mmdata.llm.client import NotOpenAIEndpoint
+
+    before = store.task_path("edge2img", templates_copy).read_text()
+    with FaultServer([], default=("ok", _varied), models_reply=(200, ctype, body)) as srv:
+        with pytest.raises(NotOpenAIEndpoint) as e:
+            _client(srv.base_url, base_url_from="--base-url").check_model()
+        msg = str(e.value)
+        assert f"{srv.base_url}/models answered HTTP 200 with {ctype}, {len(body)} bytes" in msg
+        assert "not an OpenAI models list" in msg and problem in msg
+        assert repr(body.decode()) in msg
+        assert "the URL given with --base-url is not an OpenAI-compatible API" in msg
+        assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("error: ") and "not an OpenAI models list" in err
+        assert not srv.requests  # no generation request was sent
+    assert store.task_path("edge2img", templates_copy).read_text() == before
+
+
+def test_what_a_non_openai_server_sent_is_shown_truncated_and_masked():
+    """The reply shown in the error is cut to its first bytes, and the API key or the URL's password
+    echoed in it (a debug page, say) are masked."""
+    from mmdata.llm.client import SNIPPET_BYTES, NotOpenAIEndpoint
+
+    key, password = "sk-echoed-key-0123456789", "pw-echoed-42"
+    page = f"<html>key={key} url=http://u:{password}@h/ ".encode() + b"x" * 5000 + b"TAIL</html>"
+    with FaultServer([], models_reply=(200, "text/html; charset=utf-8", page)) as srv:
+        url = srv.base_url.replace("http://", f"http://u:{password}@")
+        with pytest.raises(NotOpenAIEndpoint) as e:
+            _client(url, api_key=key).check_model()
+    msg = str(e.value)
+    assert key not in msg and password not in msg
+    assert "key=*** url=http://u:***@h/" in msg and "http://u:***@127.0.0.1:" in msg
+    assert "TAIL" not in msg and "x..." in msg and len(msg) < SNIPPET_BYTES + 400
+    assert f"text/html; charset=utf-8, {len(page)} bytes" in msg
+
+
+def test_an_empty_or_minimal_openai_models_list_passes():
+    """The check is of the shape only: an empty list, or entries with nothing but an id and no
+    "object" field, are OpenAI enough; a /models that answers 404 is still let through."""
+    for body in (b'{"object": "list", "data": []}', b'{"data": [{"id": "fake-model"}]}'):
+        with FaultServer([], models_reply=(200, "application/json", body)) as srv:
+            _client(srv.base_url).check_model()
+    with FaultServer([], models_reply=(404, "text/html", b"<html>Not Found</html>")) as srv:
+        _client(srv.base_url).check_model()
