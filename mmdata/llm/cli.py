@@ -248,7 +248,8 @@ def _redacting_logs(config: EndpointConfig) -> Iterator[None]:
 
 def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Check the endpoint first, then take the template files' locks (creating --templates-dir when
-    needed): a run whose endpoint is down, refuses the key or lacks the model writes nothing."""
+    needed): a run whose endpoint is down, refuses the key or lacks the model writes nothing.
+    Ctrl-C at any point ends it at once with one line and exit status 130."""
     from mmdata.llm.cache import ResponseCache
 
     if not getattr(args, "verbose", False):
@@ -273,6 +274,12 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
     except EndpointSettingsError as e:  # a usage error, as argparse's: exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the check and the generation loop (say: validating)
+        print(
+            "\ninterrupted: rerun the same command to resume (responses are cached)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def _generate_at(
@@ -291,6 +298,12 @@ def _generate_at(
     except LLMError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted while checking the endpoint at {client.url}; nothing was written",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"endpoint: {redact_url(ep.config.base_url)} model={ep.config.model} "
         f"route={ep.config.route}"

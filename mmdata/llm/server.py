@@ -185,24 +185,29 @@ class LocalLLMServer:
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
         )
+        try:
+            self._wait_ready(timeout, log_path)
+        except BaseException:  # not ready in time, exited, or Ctrl-C: no server left behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float, log_path: Path) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = _tail(log_path)
-                self.stop()
                 raise RuntimeError(
                     f"the LLM server exited with code {self.proc.returncode} while starting "
-                    f"(log {log_path}):\n{tail}"
+                    f"(log {log_path}):\n{_tail(log_path)}"
                 )
             try:
                 models = _get_json(f"{self.base_url}/models", timeout=1.0)
                 if any(m.get("id") == self.alias for m in models.get("data", [])):
                     log.info("LLM server ready at %s (pid %d)", self.base_url, self.proc.pid)
-                    return self
+                    return
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.2)
-        self.stop()
         raise RuntimeError(f"the LLM server did not become ready in {timeout:g} s (log {log_path})")
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -841,3 +841,64 @@ def test_an_empty_or_minimal_openai_models_list_passes():
             _client(srv.base_url).check_model()
     with FaultServer([], models_reply=(404, "text/html", b"<html>Not Found</html>")) as srv:
         _client(srv.base_url).check_model()
+
+
+def test_ctrl_c_during_the_endpoint_check_exits_at_once_without_a_traceback(
+    tmp_path, templates_copy
+):
+    """SIGINT while the first endpoint check waits on a server that never answers /models: one
+    line, exit 130 at once (it was a KeyboardInterrupt traceback), and nothing written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    before = _tree(tmp_path)
+    with FaultServer([], models_reply=("sleep", 60)) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from mmdata.cli import main; sys.exit(main())"]
+            + _generate_args(srv.base_url, templates_copy, "--timeout", "120"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        deadline = time.monotonic() + 60
+        while not srv.models_requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.models_requests, "the command never checked the endpoint"
+        time.sleep(0.2)  # inside the wait for the reply
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        took = time.monotonic() - sent
+        assert not srv.requests
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted"), err
+    assert srv.base_url in lines[0] and "nothing was written" in lines[0]
+    assert out == ""
+    assert took < 10, f"exit took {took:.1f} s after Ctrl-C"
+    assert _tree(tmp_path) == before
+
+
+def test_ctrl_c_while_the_local_server_starts_leaves_no_server_behind(monkeypatch):
+    """`--local` starts llama.cpp's server for the command: a Ctrl-C while it is still loading
+    stops that server process instead of leaving it running after the command has exited."""
+    from mmdata.llm import server
+
+    srv = server.LocalLLMServer(model=server.model_path())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server, "_get_json", interrupted)  # the first readiness poll
+    with pytest.raises(KeyboardInterrupt):
+        srv.start(timeout=60)
+    assert srv.proc is not None and srv.proc.poll() is not None
+    assert srv._log_file is None
