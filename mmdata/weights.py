@@ -9,14 +9,20 @@ local path the user provides), the file's sha256, its license and its format. Re
 
 Nothing here touches the network. Hashes are checked before a handler processes any data; a missing or
 wrong file raises a `WeightsError` whose message names the model, the expected file and how to provide it.
+A file without a pinned (or given) sha256 is still checked cheaply against its format before it is used:
+non-empty, and its header (and, where the format records it, its length) intact, so an empty or truncated
+file is reported as `corrupt` instead of passing as present.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -28,7 +34,7 @@ log = logging.getLogger(__name__)
 PINNED: Final = "pinned"
 """Sentinel for `resolve(sha256=...)`: check against the registry's pinned hash."""
 
-State = Literal["present", "missing", "hash-mismatch", "unpinned"]
+State = Literal["present", "missing", "hash-mismatch", "unpinned", "corrupt"]
 
 
 class WeightsError(RuntimeError):
@@ -41,6 +47,11 @@ class WeightsMissingError(WeightsError, FileNotFoundError):
 
 class WeightsHashError(WeightsError):
     """The weights file exists but its sha256 is not the pinned one (truncated, corrupt or other)."""
+
+
+class WeightsCorruptError(WeightsError):
+    """A weights file without a pinned sha256 is empty or does not parse as its format (truncated,
+    damaged or another kind of file)."""
 
 
 @dataclass(frozen=True)
@@ -462,6 +473,312 @@ def layout_problem(spec: WeightSpec, path: Path) -> str | None:
     return None
 
 
+# How a file is probed when no sha256 is expected: by its name's suffix, else by the entry's format.
+_SUFFIX_KINDS: Final = {
+    ".onnx": "onnx",
+    ".safetensors": "safetensors",
+    ".h5": "h5",
+    ".hdf5": "h5",
+    ".pt": "torch",
+    ".pth": "torch",
+    ".bin": "torch",
+    ".ckpt": "torch",
+    ".json": "json",
+}
+_FORMAT_KINDS: Final = {
+    "onnx": "onnx",
+    "keras-h5": "h5",
+    "torch-state-dict": "torch",
+    "torch-state-dict-dir": "torch",
+    "torchscript": "torch",
+}
+_KIND_TEXT: Final = {
+    "onnx": "ONNX protobuf fields",
+    "safetensors": "safetensors header and length",
+    "h5": "HDF5 superblock and length",
+    "torch": "torch zip archive directory",
+    "json": "JSON",
+}
+_HDF5_SIGNATURE: Final = b"\x89HDF\r\n\x1a\n"
+
+
+def _probed_files(spec: WeightSpec, path: Path) -> list[Path]:
+    """The files a format probe reads: `path` itself, or for a folder the present file of each of its
+    `members` groups (config and weights alike)."""
+    if not path.is_dir():
+        return [path]
+    return [m for m in (_member(path, g) for g in spec.members) if m is not None]
+
+
+def _probe_kind(spec: WeightSpec, file: Path) -> str | None:
+    return _SUFFIX_KINDS.get(file.suffix.lower()) or _FORMAT_KINDS.get(spec.format)
+
+
+def _read_varint(fh: object) -> int | None:
+    """A protobuf varint from `fh` (None at end of file; ValueError for one over 10 bytes)."""
+    result = shift = 0
+    for _ in range(10):
+        b = fh.read(1)  # type: ignore[attr-defined]
+        if not b:
+            return None
+        result |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            return result
+        shift += 7
+    raise ValueError("a varint longer than 10 bytes")
+
+
+def _onnx_problem(file: Path, size: int) -> str | None:
+    """Walk an ONNX ModelProto's top-level protobuf fields (seeking over their contents): every field's
+    length must lie inside the file, and ir_version (1), graph (7) and, from IR 3, opset_import (8) must
+    be there. Catches a truncated file (a field running past the end, or the graph missing) and files
+    that are not protobuf."""
+    seen: dict[int, int] = {}
+    ir_version = None
+    with open(file, "rb") as fh:
+        while fh.tell() < size:
+            at = fh.tell()
+            key = _read_varint(fh)
+            if key is None:
+                return f"ends inside a protobuf field key at byte {at}: truncated"
+            field, wire = key >> 3, key & 7
+            if field == 0 or wire not in (0, 1, 2, 5):
+                return f"is not an ONNX model (no valid protobuf field at byte {at})"
+            if wire == 0:
+                value = _read_varint(fh)
+                if value is None:
+                    return f"ends inside protobuf field {field} at byte {at}: truncated"
+                if field == 1:
+                    ir_version = value
+            else:
+                length = {1: 8, 5: 4}.get(wire)
+                if length is None:
+                    length = _read_varint(fh)
+                    if length is None:
+                        return f"ends inside protobuf field {field} at byte {at}: truncated"
+                fh.seek(length, os.SEEK_CUR)
+                if fh.tell() > size:
+                    return (
+                        f"protobuf field {field} at byte {at} runs to byte {fh.tell()}, past the "
+                        f"end of the file ({size} bytes): truncated"
+                    )
+            seen[field] = wire
+    if seen.get(7) != 2:
+        return "has no ONNX graph: truncated or not an ONNX model"
+    if ir_version is None:
+        return "has no ONNX ir_version: not an ONNX model"
+    if ir_version >= 3 and seen.get(8) != 2:
+        return "has no ONNX opset_import: truncated or not an ONNX model"
+    return None
+
+
+def _safetensors_problem(file: Path, size: int) -> str | None:
+    """The safetensors layout: an 8-byte header length, a JSON header, then the tensors' bytes, which
+    must end exactly at the end of the file."""
+    with open(file, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            return f"is {size} bytes, too short for a safetensors header"
+        n = int.from_bytes(raw, "little")
+        if n > size - 8:
+            return (
+                f"declares a {n}-byte safetensors header but has only {size - 8} bytes after its "
+                "length: truncated or not a safetensors file"
+            )
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, ValueError) as exc:
+            return f"has no readable safetensors header ({exc})"
+    if not isinstance(header, dict):
+        return "has no readable safetensors header (not a JSON object)"
+    try:
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "has a safetensors header without valid data_offsets"
+    expected = 8 + n + max(ends, default=0)
+    if expected > size:
+        return f"should be {expected} bytes by its safetensors header but is {size}: truncated"
+    if expected < size:
+        return f"has {size - expected} bytes after its last tensor: damaged or not safetensors"
+    return None
+
+
+def _h5_problem(file: Path) -> str | None:
+    """HDF5: h5py opens it (it compares the superblock's recorded end of file with the file's size);
+    without h5py, the signature."""
+    try:
+        import h5py
+    except ImportError:
+        with open(file, "rb") as fh:
+            if fh.read(8) != _HDF5_SIGNATURE:
+                return "is not an HDF5 file (no HDF5 signature)"
+        return None
+    try:
+        with h5py.File(file, "r"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - h5py's OSError text says what is wrong (truncated, ...)
+        return f"cannot be opened as HDF5 ({exc})"
+    return None
+
+
+_LEGACY_TORCH_MAGIC: Final = 0x1950A86A20F9469CFC6C
+# bytes per element of the storage classes a pre-1.6 torch.save file names (torch.FloatStorage, ...)
+_STORAGE_BYTES: Final = {
+    "DoubleStorage": 8,
+    "FloatStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "ComplexDoubleStorage": 16,
+    "ComplexFloatStorage": 8,
+    "QInt8Storage": 1,
+    "QUInt8Storage": 1,
+    "QInt32Storage": 4,
+}
+
+
+class _Stub(dict):
+    """Stands in for every class a pickle names, so a pickle's structure is read without importing
+    or running anything: it takes any arguments, state, items and appends."""
+
+    stub_name = ""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+
+class _StructureUnpickler(pickle.Unpickler):
+    """Reads a torch pickle with stubs for its classes, recording the storages it refers to."""
+
+    def __init__(self, fh: object) -> None:
+        super().__init__(fh)  # type: ignore[arg-type]
+        self.storages: dict[str, tuple[str, int | None]] = {}
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(name, (_Stub,), {"stub_name": name})
+
+    def persistent_load(self, pid: object) -> object:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            kind = getattr(pid[1], "stub_name", "")
+            numel = pid[4] if isinstance(pid[4], int) else None
+            self.storages[str(pid[2])] = (kind, numel)
+        return _Stub()
+
+
+def _legacy_torch_problem(file: Path, size: int) -> str | None:
+    """A pre-1.6 torch.save file: pickles of its magic number, protocol and system info, the object
+    (storages by reference), the list of storage keys, then each storage's element count (8 bytes)
+    and bytes, up to the end of the file. The pickles are read with stubs (nothing is imported or
+    run) and the storage bytes are skipped; any other pickle stream is only checked to parse."""
+    with open(file, "rb") as fh:
+        try:
+            magic = _StructureUnpickler(fh).load()
+            if magic != _LEGACY_TORCH_MAGIC:
+                return None  # a plain pickle (not torch.save's layout): parsed, nothing more known
+            _StructureUnpickler(fh).load()  # protocol version
+            _StructureUnpickler(fh).load()  # system info
+            main = _StructureUnpickler(fh)
+            main.load()
+            keys = _StructureUnpickler(fh).load()
+        except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, ...: a broken pickle
+            return f"is a torch.save pickle that ends or breaks before its storages ({exc!r}): truncated"
+        if not isinstance(keys, list):
+            return "is a torch.save pickle without its list of storages: damaged"
+        for key in keys:
+            kind, _ = main.storages.get(str(key), ("", None))
+            width = _STORAGE_BYTES.get(kind)
+            if width is None:
+                return None  # a storage type this check does not know: stop, unjudged
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return f"ends before storage {key} of its {len(keys)}: truncated"
+            fh.seek(int.from_bytes(raw, "little") * width, os.SEEK_CUR)
+            if fh.tell() > size:
+                return f"ends inside storage {key} of its {len(keys)}: truncated"
+        if fh.tell() != size:
+            return f"has {size - fh.tell()} bytes after its last storage: damaged"
+    return None
+
+
+def _torch_problem(file: Path, size: int) -> str | None:
+    """torch.save (since 1.6) and TorchScript write zip archives: the directory at the end of the file
+    must be there, list a data.pkl, and every member must lie inside the file. An older torch.save file
+    is a pickle stream: see `_legacy_torch_problem`."""
+    with open(file, "rb") as fh:
+        head = fh.read(4)
+    if not zipfile.is_zipfile(file):
+        if head.startswith(b"PK"):
+            return "is a zip archive without its directory at the end: truncated or damaged"
+        if head[:1] == b"\x80":
+            return _legacy_torch_problem(file, size)
+        return "is neither a torch zip archive nor a pickle"
+    try:
+        with zipfile.ZipFile(file) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"has an unreadable zip directory ({exc})"
+    if not any(i.filename.rsplit("/", 1)[-1] == "data.pkl" for i in infos):
+        return "is a zip archive without data.pkl: not a torch file"
+    for info in infos:
+        if info.header_offset + info.compress_size > size:
+            return f"has zip member {info.filename} running past the end of the file: truncated"
+    return None
+
+
+def format_problem(spec: WeightSpec, path: Path) -> tuple[Path, str] | None:
+    """Cheap checks, without a library load, that an existing file (or a folder's member files) is
+    what its format says: non-empty, and its header (and, where the format records it, its length)
+    intact. (file, why) for the first file that fails, or None. Used when no sha256 is expected."""
+    for file in _probed_files(spec, path):
+        size = file.stat().st_size
+        if size == 0:
+            return file, "is empty (0 bytes)"
+        kind = _probe_kind(spec, file)
+        try:
+            if kind == "onnx":
+                problem = _onnx_problem(file, size)
+            elif kind == "safetensors":
+                problem = _safetensors_problem(file, size)
+            elif kind == "h5":
+                problem = _h5_problem(file)
+            elif kind == "torch":
+                problem = _torch_problem(file, size)
+            elif kind == "json":
+                try:
+                    json.loads(file.read_bytes())
+                    problem = None
+                except (UnicodeDecodeError, ValueError) as exc:
+                    problem = f"is not valid JSON ({exc})"
+            else:
+                problem = None
+        except ValueError as exc:
+            problem = f"cannot be parsed ({exc})"
+        if problem:
+            return file, problem
+    return None
+
+
+def _checked_text(spec: WeightSpec, path: Path) -> str:
+    kinds = sorted(
+        {_KIND_TEXT[k] for f in _probed_files(spec, path) if (k := _probe_kind(spec, f))}
+    )
+    return "non-empty" + (f", {', '.join(kinds)}" if kinds else "")
+
+
 def check(
     name: str, path: str | os.PathLike[str] | None = None, sha256: str | None = PINNED
 ) -> WeightStatus:
@@ -469,16 +786,18 @@ def check(
 
     Existence and layout come first (a file where the format needs a file; a folder holding its
     required files where it needs a folder), then the sha256 of the file (or, for a folder, of its
-    `hash_member`). Without an expected hash the state is `unpinned`: only existence and layout
-    were checked.
+    `hash_member`). Without an expected hash, the file (or each of the folder's required files) is
+    checked against its format cheaply (`format_problem`: non-empty, header and recorded length):
+    `corrupt` when that fails, else `unpinned` (intact as far as those checks go, bytes not pinned).
 
     Args:
         name: registry key.
         path: explicit path (else the environment variable, else the pinned package).
-        sha256: expected hash; `PINNED` (default) uses the registry's, None skips the check.
+        sha256: expected hash; `PINNED` (default) uses the registry's, None skips the hash (the
+            format is still checked).
 
     Returns:
-        A `WeightStatus` with state present / missing / hash-mismatch / unpinned.
+        A `WeightStatus` with state present / missing / hash-mismatch / unpinned / corrupt.
     """
     spec = get_spec(name)
     where, origin = locate(name, path)
@@ -500,13 +819,23 @@ def check(
         return WeightStatus(name, "missing", str(where), origin, None, msg)
     target = _hashed_file(spec, where)
     if expected is None:
+        found = format_problem(spec, where)
+        if found:
+            bad, why = found
+            msg = (
+                f"weights for model {name!r} ({spec.description}): {bad} {why} "
+                f"(from {_origin_text(spec, origin)}; no pinned sha256, so its format was checked). "
+                f"Expected {spec.expected_file}. To provide it: {spec.how_to_provide()}."
+            )
+            return WeightStatus(name, "corrupt", str(where), origin, None, msg)
         return WeightStatus(
             name,
             "unpinned",
             str(where),
             origin,
             None,
-            f"{where} (no pinned sha256: only its presence and layout were checked)",
+            f"{where} (no pinned sha256: presence, layout and format checked: "
+            f"{_checked_text(spec, where)}; not its exact bytes)",
         )
     if not target.is_file():
         msg = (
@@ -554,17 +883,21 @@ def resolve(
     Args:
         name: registry key.
         path: explicit path (else the environment variable, else the pinned package).
-        sha256: expected hash; `PINNED` (default) uses the registry's; None skips the check.
+        sha256: expected hash; `PINNED` (default) uses the registry's; None skips the hash (the
+            format is still checked).
 
     Raises:
         WeightsMissingError: no file where the sources point.
         WeightsHashError: the file's sha256 differs from the expected one.
+        WeightsCorruptError: no sha256 is expected and the file is empty or not of its format.
     """
     status = check(name, path, sha256)
     if status.state == "missing":
         raise WeightsMissingError(status.message)
     if status.state == "hash-mismatch":
         raise WeightsHashError(status.message)
+    if status.state == "corrupt":
+        raise WeightsCorruptError(status.message)
     if status.state == "unpinned":
         log.info("weights %s: %s", name, status.message)
     assert status.path is not None

@@ -16,7 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
     for cmd, helptext in [
         ("list", "show every model with its source, license and status here"),
-        ("verify", "hash the weight files; exit 1 if a checked one is missing or wrong"),
+        (
+            "verify",
+            "hash the weight files (unpinned ones: check their format); exit 1 if a checked one is "
+            "missing, wrong or corrupt",
+        ),
     ]:
         p = sub.add_parser(cmd, help=helptext)
         p.add_argument(
@@ -67,8 +71,8 @@ def _print(rows: list[tuple[weights.WeightSpec, weights.WeightStatus]], as_json:
     for spec, st in rows:
         print(f"{spec.name:24} {st.state:14} {spec.format:26} {spec.source}")
         print(f"{'':24} {'':14} {'':26} license: {spec.license}; env: {spec.env_var}")
-        if st.state in ("missing", "hash-mismatch", "unpinned"):
-            # unpinned: the message says that only presence and layout were checked
+        if st.state in ("missing", "hash-mismatch", "corrupt", "unpinned"):
+            # corrupt: which file and why; unpinned: what was checked without a pinned sha256
             print(f"{'':24} -> {st.message}")
         elif st.path:
             print(f"{'':24} -> {st.path}")
@@ -90,7 +94,7 @@ def _verify(args: argparse.Namespace, beam_args: list[str]) -> int:
     failed = [
         st.name
         for spec, st in rows
-        if st.state == "hash-mismatch"
+        if st.state in ("hash-mismatch", "corrupt")
         or (
             st.state == "missing"
             and (

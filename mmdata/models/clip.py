@@ -82,6 +82,7 @@ def load_open_clip(
         mmdata.weights.WeightsMissingError: the configured path holds no weights, or none is
             configured and the hub is not allowed.
         mmdata.weights.WeightsHashError: the file's sha256 is not `weights_sha256`.
+        mmdata.weights.WeightsCorruptError: no sha256 is given and the file is empty or truncated.
         mmdata.weights.WeightsError: the weights are there but open_clip cannot load them.
     """
     import open_clip
@@ -90,6 +91,8 @@ def load_open_clip(
     status = weights.check("clip", weights_path, weights_sha256)
     if status.state == "hash-mismatch":
         raise weights.WeightsHashError(status.message)
+    if status.state == "corrupt":  # an empty or truncated unpinned file: fail before any data
+        raise weights.WeightsCorruptError(status.message)
     if status.state == "missing" and status.origin:
         # a path was given (argument or env var): use it or fail, never download something else
         raise weights.WeightsMissingError(f"CLIP ({model_name}): {status.message}")

@@ -79,6 +79,8 @@ def load_dpt(
     status = weights.check("depth-dpt", weights_path, weights_sha256)
     if status.state == "hash-mismatch":
         raise weights.WeightsHashError(status.message)
+    if status.state == "corrupt":  # an empty or truncated unpinned file: fail before any data
+        raise weights.WeightsCorruptError(status.message)
     if status.state == "missing" and status.origin:
         # a path was given (argument or env var): use it or fail, never download something else
         raise weights.WeightsMissingError(f"depth: {status.message}")

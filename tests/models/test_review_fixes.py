@@ -231,11 +231,15 @@ def test_check_reports_wrong_layout_as_missing(
         assert name in st.message and weights.get_spec(name).env_var in st.message
     assert "has no open_clip_config.json" in weights.check("clip", empty).message
     assert "is a folder" in weights.check("aesthetic-head", empty).message
-    # right layouts: unpinned, and the message says only presence and layout were checked
-    for name, path in [("clip", clip_dir), ("depth-dpt", dpt_dir), ("aesthetic-head", notes)]:
+    # right layouts and intact files: unpinned, and the message says what was checked
+    head = tmp_path / "head.pth"
+    torch.save(torch.nn.Linear(8, 1).state_dict(), head)
+    for name, path in [("clip", clip_dir), ("depth-dpt", dpt_dir), ("aesthetic-head", head)]:
         st = weights.check(name, path)
         assert st.state == "unpinned", (name, st)
-        assert "only its presence and layout were checked" in st.message
+        assert "presence, layout and format checked" in st.message
+    # a text file where a state dict belongs is found out by the format check
+    assert weights.check("aesthetic-head", notes).state == "corrupt"
 
 
 def test_verify_fails_for_a_user_path_without_usable_weights(
@@ -570,3 +574,30 @@ def test_how_to_provide_texts(capsys) -> None:  # noqa: ANN001
         line for line in capsys.readouterr().out.splitlines() if line.startswith("aesthetic")
     )
     assert " hub " not in row
+
+
+def test_clip_and_dpt_folders_with_truncated_unpinned_weights_fail_before_loading(
+    tmp_path, clip_dir, dpt_dir, monkeypatch, no_user_weights
+) -> None:  # noqa: ANN001
+    import shutil
+
+    import open_clip
+    import transformers
+
+    def no_library_load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the library was asked to load a corrupt file")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", no_library_load)
+    monkeypatch.setattr(transformers.DPTForDepthEstimation, "from_pretrained", no_library_load)
+    for name, src, member, handler in [
+        ("clip", clip_dir, "open_clip_model.safetensors", ClipImageEmbedder),
+        ("depth-dpt", dpt_dir, "model.safetensors", DPTDepthHandler),
+    ]:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        data = (folder / member).read_bytes()
+        (folder / member).write_bytes(data[: len(data) // 2])
+        with pytest.raises(weights.WeightsCorruptError) as err:
+            handler(weights_path=str(folder)).load_model()
+        _assert_clear(err, name, folder / member)
+        assert "truncated" in str(err.value)

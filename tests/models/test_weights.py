@@ -71,8 +71,9 @@ def test_truncated_file_is_a_hash_mismatch(tmp_path) -> None:
     assert st.state == "hash-mismatch"
     with pytest.raises(weights.WeightsHashError, match="u2netp.*sha256"):
         weights.resolve("u2netp", bad)
-    # an explicit opt-out skips the check (for a user's own fine-tuned file)
-    assert weights.check("u2netp", bad, sha256=None).state == "unpinned"
+    # an explicit opt-out skips the hash (for a user's own fine-tuned file), not the format check
+    assert weights.check("u2netp", bad, sha256=None).state == "corrupt"
+    assert weights.check("u2netp", weights.resolve("u2netp"), sha256=None).state == "unpinned"
 
 
 def test_handler_fails_on_bad_weights_before_any_data(tmp_path, monkeypatch) -> None:
@@ -127,3 +128,108 @@ def test_hash_is_checked_on_real_bytes(tmp_path) -> None:
     assert weights.file_sha256(path) == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unpinned files (no sha256 to compare) are still checked against their format: empty or truncated
+# files are "corrupt", per file with the reason, in check / resolve / verify / list and at load time.
+
+
+def _copy(tmp_path, name: str):  # noqa: ANN202
+    """A copy of the offline weights of `name` (a file, or a folder) and the file in it to damage."""
+    src = weights.resolve(name)
+    if src.is_dir():
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst, dst / "model.safetensors"
+    dst = tmp_path / src.name
+    shutil.copy(src, dst)
+    return dst, dst
+
+
+FORMATS = {
+    "u2netp": "onnx",
+    "hed-bsds500": "keras-h5",
+    "all-minilm-l6-v2": "safetensors in a folder",
+    "fid-inception-v3": "torchscript zip",
+    "efficientnet-lite0": "pre-1.6 torch.save pickle",
+}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_unpinned_empty_or_truncated_file_is_corrupt(tmp_path, name: str) -> None:
+    path, damaged = _copy(tmp_path, name)
+    intact = weights.check(name, path, sha256=None)
+    assert intact.state == "unpinned", intact.message
+    assert "format checked" in intact.message
+    data = damaged.read_bytes()
+    for cut, why in [(0, "is empty (0 bytes)"), (len(data) // 2, ""), (len(data) - 1, "")]:
+        damaged.write_bytes(data[:cut])
+        st = weights.check(name, path, sha256=None)
+        assert st.state == "corrupt", (name, cut, st.message)
+        assert repr(name) in st.message and str(damaged) in st.message and why in st.message
+        assert weights.get_spec(name).env_var in st.message  # how to provide the right file
+        with pytest.raises(weights.WeightsCorruptError, match=name):
+            weights.resolve(name, path, sha256=None)
+
+
+def test_unpinned_probes_name_the_reason(tmp_path) -> None:
+    import torch
+
+    onnx = tmp_path / "x.onnx"
+    onnx.write_text("hello, not a model")
+    assert "not an ONNX model" in weights.check("u2netp", onnx, sha256=None).message
+    h5 = tmp_path / "x.weights.h5"
+    h5.write_bytes(b"\0" * 64)
+    assert "cannot be opened as HDF5" in weights.check("hed-bsds500", h5, sha256=None).message
+    zipped = tmp_path / "head.pth"
+    torch.save({"weight": torch.zeros(1, 4), "bias": torch.zeros(1)}, zipped)
+    assert weights.check("aesthetic-head", zipped).state == "unpinned"
+    zipped.write_bytes(zipped.read_bytes()[:-30])
+    assert "truncated or damaged" in weights.check("aesthetic-head", zipped).message
+    st_file = tmp_path / "head.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(1, 4), "bias": torch.zeros(1)}, str(st_file))
+    assert weights.check("aesthetic-head", st_file).state == "unpinned"
+    st_file.write_bytes(st_file.read_bytes() + b"junk")
+    assert "after its last tensor" in weights.check("aesthetic-head", st_file).message
+    folder, _ = _copy(tmp_path, "all-minilm-l6-v2")
+    (folder / "config.json").write_text('{"truncated": ')
+    st = weights.check("all-minilm-l6-v2", folder, sha256=None)
+    assert st.state == "corrupt" and "config.json is not valid JSON" in st.message
+
+
+def test_cli_verify_and_list_report_corrupt_unpinned_files(tmp_path, capsys, monkeypatch) -> None:
+    from mmdata.cli import main
+
+    empty = tmp_path / "head.pth"
+    empty.write_bytes(b"")
+    assert (
+        main(["weights", "verify", "aesthetic-head", "--weights", f"aesthetic-head={empty}"]) == 1
+    )
+    captured = capsys.readouterr()
+    assert "corrupt" in captured.out and f"{empty} is empty (0 bytes)" in captured.out
+    assert "FAILED for aesthetic-head" in captured.err
+    # a corrupt file fails `verify` (all models) even though the model is user-supplied
+    monkeypatch.setenv("MMDATA_AESTHETIC_WEIGHTS", str(empty))
+    assert main(["weights", "verify", "--json"]) == 1
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["aesthetic-head"]["state"] == "corrupt"
+    assert main(["weights", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("aesthetic-head"))
+    assert line.split()[1] == "corrupt"
+
+
+def test_handlers_fail_on_corrupt_unpinned_weights_before_any_data(tmp_path) -> None:
+    from mmdata.models.aesthetic import AestheticScoreHandler
+
+    empty = tmp_path / "head.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(weights.WeightsCorruptError) as err:
+        AestheticScoreHandler(weights_path=str(empty)).load_model()
+    assert "'aesthetic-head'" in str(err.value) and str(empty) in str(err.value)
+    _, bad = _copy(tmp_path, "u2netp")
+    bad.write_bytes(bad.read_bytes()[:1000])
+    with pytest.raises(weights.WeightsCorruptError, match="'u2netp'.*truncated"):
+        U2NetMaskHandler(weights_path=str(bad), weights_sha256=None).load_model()
