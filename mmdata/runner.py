@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
 import logging
+import os
 import shlex
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.runner import PipelineRunner
 
 from mmdata.beam_worker import is_direct
+from mmdata.errors import RunnerUnavailableError
 
 log = logging.getLogger("mmdata")
 
@@ -252,7 +256,24 @@ class _Pipeline(beam.Pipeline):
             and not self._options.view_as(StandardOptions).streaming
         ):
             test_runner_api = False
-        return super().run(test_runner_api)
+        if isinstance(self.runner, LocalDirectRunner):
+            return super().run(test_runner_api)
+        try:
+            return super().run(test_runner_api)
+        except ImportError as exc:  # e.g. DataflowRunner without apache-beam[gcp]
+            raise _runner_import_error(self._options, exc) from exc
+
+
+def _runner_import_error(opts: PipelineOptions, exc: ImportError) -> RunnerUnavailableError:
+    """A runner's missing module (Beam raises ImportError on creating or running it) as one line."""
+    runner = opts.view_as(StandardOptions).runner
+    extra = _RUNNER_EXTRAS.get(_runner_key(runner), (None, None))[1]
+    how = (
+        f"install it with {_beam_extra(extra)}"
+        if extra
+        else "install the Beam extra that runner needs (apache-beam[...])"
+    )
+    return RunnerUnavailableError(f"--runner={runner} is not available here ({exc}): {how}")
 
 
 def local_runner(opts: PipelineOptions) -> PipelineRunner | None:
@@ -346,6 +367,152 @@ def packaging_problem(opts: PipelineOptions) -> str | None:
     )
 
 
+def _runner_key(runner: Any) -> str:
+    """`--runner`'s class name, lower case, with "runner": "dataflow", "DataflowRunner" and
+    "apache_beam.runners.dataflow.dataflow_runner.DataflowRunner" are all "dataflowrunner"."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    key = name.rsplit(".", 1)[-1].lower()
+    return key if key.endswith("runner") else key + "runner"
+
+
+def _beam_extra(extra: str) -> str:
+    return f"`uv pip install 'apache-beam[{extra}]=={beam.__version__}'` (the Beam version here)"
+
+
+# Runners that Beam imports only when asked for, and the Beam extra that brings what they import.
+_RUNNER_EXTRAS: dict[str, tuple[str, str]] = {
+    "dataflowrunner": ("apache_beam.runners.dataflow.internal.apiclient", "gcp"),
+    "daskrunner": ("apache_beam.runners.dask.dask_runner", "dask"),
+}
+# Runners that start a Java job server from a jar unless --job_endpoint names a running one.
+_JOB_SERVER_RUNNERS = ("flinkrunner", "sparkrunner")
+
+
+def _job_server_jar_problem(opts: PipelineOptions, key: str) -> str | None:
+    """Why the Flink/Spark job server jar is not here, or None: a --flink_job_server_jar /
+    --spark_job_server_jar that exists (or is a URL the user asked Beam to fetch), or the jar Beam
+    would use already in its jar cache. Beam would download the default jar from Maven Central at
+    run time; mmdata refuses that rather than fetch something the user did not configure."""
+    from apache_beam.options.pipeline_options import (
+        CrossLanguageOptions,
+        FlinkRunnerOptions,
+        JobServerOptions,
+        SparkRunnerOptions,
+    )
+    from apache_beam.utils.subprocess_server import JavaJarServer
+
+    if key == "flinkrunner":
+        from apache_beam.runners.portability.flink_runner import FlinkJarJobServer as Server
+
+        given, flag = (
+            opts.view_as(FlinkRunnerOptions).flink_job_server_jar,
+            "--flink_job_server_jar",
+        )
+    else:
+        from apache_beam.runners.portability.spark_runner import SparkJarJobServer as Server
+
+        given, flag = (
+            opts.view_as(SparkRunnerOptions).spark_job_server_jar,
+            "--spark_job_server_jar",
+        )
+    if given:
+        if os.path.exists(given) or "://" in given:
+            return None  # a local jar, or a URL the user gave Beam to fetch
+        return f"{flag}={given} does not exist"
+    # the jar Beam would use (with any --beam_services replacement), and where it caches downloads
+    with JavaJarServer.beam_services(opts.view_as(CrossLanguageOptions).beam_services):
+        try:
+            url = Server(opts).path_to_jar()
+        except (RuntimeError, ValueError) as exc:  # e.g. a Spark version Beam no longer supports
+            return str(exc)
+    if os.path.exists(url):
+        return None  # a jar built from a Beam checkout, or a --beam_services replacement
+    if "://" not in url:
+        return f"the job server jar {url} does not exist"
+    cache = opts.view_as(JobServerOptions).jar_cache_dir or JavaJarServer.JAR_CACHE
+    cached = os.path.join(cache, os.path.basename(url))
+    if os.path.exists(cached):
+        return None
+    return (
+        f"its job server jar is not here (Beam would download {url} at run time; mmdata does not "
+        f"fetch it unasked): put a copy (downloaded where there is network access) at {cached}, "
+        f"or pass {flag}=PATH (or {flag}=URL to let Beam fetch it)"
+    )
+
+
+def runner_problem(opts: PipelineOptions) -> str | None:
+    """Why the `--runner` the options name cannot run here, checked before anything runs (nothing
+    is started or downloaded): one line naming the runner, what is missing and how to get it; None
+    when nothing is known to be missing (the local DirectRunner always runs).
+
+    DataflowRunner (and DaskRunner) need Beam's `gcp` (`dask`) extra installed; FlinkRunner and
+    SparkRunner, unless --job_endpoint names a running job server, start one: a Java program (on
+    PATH, or --job_server_java_launcher) from a jar that must be here (--flink_job_server_jar /
+    --spark_job_server_jar, or Beam's jar cache); PortableRunner needs --job_endpoint."""
+    from apache_beam.options.pipeline_options import (
+        FlinkRunnerOptions,
+        JobServerOptions,
+        PortableOptions,
+        SparkRunnerOptions,
+    )
+
+    runner = opts.view_as(StandardOptions).runner
+    if is_direct(runner):
+        return None
+    key = _runner_key(runner)
+    shown = f"--runner={runner if isinstance(runner, str) else type(runner).__name__}"
+    if key in _RUNNER_EXTRAS:
+        module, extra = _RUNNER_EXTRAS[key]
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return (
+                f"{shown} needs Beam's {extra!r} extra, which is not installed here ({exc}): "
+                f"install it with {_beam_extra(extra)}"
+            )
+        return None
+    job_endpoint = opts.view_as(PortableOptions).job_endpoint
+    if key == "portablerunner":
+        if job_endpoint:
+            return None
+        return (
+            f"{shown} needs --job_endpoint=HOST:PORT, the address of a running Beam job server "
+            "(Flink's, Spark's, ...); or use --runner=FlinkRunner / SparkRunner, which start one"
+        )
+    if key not in _JOB_SERVER_RUNNERS or job_endpoint:
+        return None
+    missing = []
+    uber = (
+        key == "flinkrunner"
+        and opts.view_as(FlinkRunnerOptions).flink_submit_uber_jar
+        and str(opts.view_as(FlinkRunnerOptions).flink_master).strip() not in ("[local]", "[auto]")
+    ) or (key == "sparkrunner" and opts.view_as(SparkRunnerOptions).spark_submit_uber_jar)
+    if not uber:  # the job server runs here, as a Java process
+        java = opts.view_as(JobServerOptions).job_server_java_launcher or "java"
+        if shutil.which(java) is None:
+            missing.append(
+                f"it starts Beam's job server, a Java program, and there is no {java!r} on PATH "
+                "(install a Java 11+ runtime, e.g. `apt-get install openjdk-17-jre-headless`, or "
+                "pass --job_server_java_launcher=PATH)"
+            )
+    if jar := _job_server_jar_problem(opts, key):
+        missing.append(jar)
+    if not missing:
+        return None
+    return (
+        f"{shown} cannot start here: {'; and '.join(missing)}; or give --job_endpoint=HOST:PORT "
+        "of a running job server"
+    )
+
+
+def check_runner(beam_args: list[str] | None) -> None:
+    """Raise `RunnerUnavailableError` when `runner_problem` finds the runner cannot run here. Reads
+    the arguments only (no worker is started), so a job calls it before it creates its output."""
+    problem = runner_problem(_ViewCachingOptions(list(beam_args or [])))
+    if problem:
+        raise RunnerUnavailableError(problem)
+
+
 def run_pipeline(
     build: Callable[[beam.Pipeline], Any],
     beam_args: list[str] | None = None,
@@ -358,10 +525,16 @@ def run_pipeline(
     from mmdata.io.sourcebytes import clear_cache
 
     opts = pipeline_options(beam_args)
+    if problem := runner_problem(opts):
+        raise RunnerUnavailableError(problem)
     if problem := packaging_problem(opts):
         log.warning("%s", problem)
     try:
-        with _Pipeline(runner=local_runner(opts), options=opts) as p:
+        try:
+            p = _Pipeline(runner=local_runner(opts), options=opts)
+        except ImportError as exc:  # Beam imports a runner's module when it creates it
+            raise _runner_import_error(opts, exc) from exc
+        with p:
             build(p)
     finally:
         clear_cache()  # the job's image bytes held in this process are not needed any more

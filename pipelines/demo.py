@@ -9,7 +9,7 @@ from mmdata.core.templates import Template, load_templates
 from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
 from mmdata.io.shards import WriteShards, prepare_output
-from mmdata.runner import run_pipeline
+from mmdata.runner import check_runner, run_pipeline
 from mmdata.sample import sample_corpus_dir
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import SAMPLE_ROW_SCHEMA, BuildTxt2Img, sample_to_item
@@ -63,6 +63,8 @@ def run(
     cfg: DemoConfig, beam_args: list[str] | None = None, overwrite: bool = False, test_pipeline=None
 ) -> None:
     use_options(beam_args)  # an object store's endpoint and keys reach the input and output checks
+    if test_pipeline is None:
+        check_runner(beam_args)  # a runner that cannot run here fails before the output exists
     source = cfg.input or str(sample_corpus_dir())
     # the checks that can refuse the run (input missing or ambiguous, templates missing or invalid)
     # come before prepare_output creates and marks the output folder

@@ -8,7 +8,7 @@ from mmdata.config import IngestJobConfig, to_dict
 from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
 from mmdata.io.shards import WriteShards, prepare_output
-from mmdata.runner import run_pipeline
+from mmdata.runner import check_runner, run_pipeline
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import PAIR_ROW_SCHEMA, pair_to_item
 from mmdata.transforms.manifest import WriteManifest, no_input_errors
@@ -50,6 +50,8 @@ def run(
     test_pipeline=None,
 ) -> None:
     use_options(beam_args)  # an object store's endpoint and keys reach the input and output checks
+    if test_pipeline is None:
+        check_runner(beam_args)  # a runner that cannot run here fails before the output exists
     # the input checks that can refuse the run (missing, ambiguous kind) come before prepare_output
     # creates and marks the output folder
     reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
