@@ -8,7 +8,7 @@ from mmdata.config import DemoConfig, to_dict
 from mmdata.core.templates import Template, load_templates
 from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
-from mmdata.io.shards import WriteShards, prepare_output
+from mmdata.io.shards import WriteShards, claimed_output
 from mmdata.runner import check_runner, run_pipeline
 from mmdata.sample import sample_corpus_dir
 from mmdata.transforms.ingest import Ingest
@@ -70,8 +70,8 @@ def run(
     # come before prepare_output creates and marks the output folder
     reader = read_source(source, cfg.input_kind, cfg.ingest)
     templates = load_templates("txt2img", cfg.templates_dir or None)
-    prepare_output(cfg.output, source, cfg.input_kind)
-    with no_input_errors():  # an input that gave no record: one line, any runner
+    # a run that fails before it writes anything removes the marker (and folder) it created
+    with claimed_output(cfg.output, source, cfg.input_kind), no_input_errors():
         run_pipeline(
             lambda p: build(p, cfg, overwrite, reader=reader, templates=templates),
             beam_args,

@@ -7,7 +7,7 @@ import apache_beam as beam
 from mmdata.config import IngestJobConfig, to_dict
 from mmdata.io.paths import use_options
 from mmdata.io.readers import read_source
-from mmdata.io.shards import WriteShards, prepare_output
+from mmdata.io.shards import WriteShards, claimed_output
 from mmdata.runner import check_runner, run_pipeline
 from mmdata.transforms.ingest import Ingest
 from mmdata.transforms.instructions import PAIR_ROW_SCHEMA, pair_to_item
@@ -55,6 +55,6 @@ def run(
     # the input checks that can refuse the run (missing, ambiguous kind) come before prepare_output
     # creates and marks the output folder
     reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
-    prepare_output(cfg.output, cfg.input, cfg.input_kind)
-    with no_input_errors():  # an input that gave no record: one line, any runner
+    # a run that fails before it writes anything removes the marker (and folder) it created
+    with claimed_output(cfg.output, cfg.input, cfg.input_kind), no_input_errors():
         run_pipeline(lambda p: build(p, cfg, overwrite, reader=reader), beam_args, test_pipeline)

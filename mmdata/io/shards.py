@@ -25,9 +25,11 @@ about 17 GB on one worker).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from mmdata.core.keys import shard_key, shard_name
 from mmdata.io.paths import join, list_names, open_read, write_bytes
 from mmdata.io.sourcebytes import is_local
 from mmdata.io.wds_writer import tarwriter
+
+log = logging.getLogger(__name__)
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
 META_SHA = b"mmdata.tar_sha256"
@@ -385,8 +389,9 @@ def _source_folder(source: str, kind: str) -> str | None:
     return None
 
 
-def prepare_output(output: str, source: str | None = None, source_kind: str = "auto") -> None:
-    """Check a job's output folder before anything runs, and mark it as an mmdata dataset.
+def prepare_output(output: str, source: str | None = None, source_kind: str = "auto") -> bool:
+    """Check a job's output folder before anything runs, and mark it as an mmdata dataset. Returns
+    whether this call wrote the `.mmdata-dataset` marker (False: the folder already had one).
 
     Refused with a `ValueError`: an output that is an existing file; an existing folder that holds files
     but is not an mmdata dataset (no `manifest.json` and no `.mmdata-dataset` marker), since the job
@@ -430,9 +435,50 @@ def prepare_output(output: str, source: str | None = None, source_kind: str = "a
         )
     if local:
         os.makedirs(out, exist_ok=True)
-    if OUTPUT_MARKER not in entries:
-        write_bytes(
-            join(out, OUTPUT_MARKER),
-            b"An mmdata dataset folder (shards, manifest.json, rejects.parquet).\n",
-            mime_type="text/plain",
+    if OUTPUT_MARKER in entries:
+        return False
+    write_bytes(
+        join(out, OUTPUT_MARKER),
+        b"An mmdata dataset folder (shards, manifest.json, rejects.parquet).\n",
+        mime_type="text/plain",
+    )
+    return True
+
+
+@contextlib.contextmanager
+def claimed_output(
+    output: str, source: str | None = None, source_kind: str = "auto"
+) -> Iterator[None]:
+    """`prepare_output`, for the job run in the body; when the body fails (any runner: a remote job
+    that failed or was never accepted, an interrupt) before it wrote anything into the output, the
+    marker this run wrote is removed again, and a local folder this run created too, so a failed run
+    leaves no folder that claims to be a dataset. A failed run that did write files there (partial
+    shards) keeps the marker: those files are mmdata's, and a rerun into the folder replaces them or
+    skips the complete shards. A marker that was there before the run is never removed."""
+    local = is_local(output)
+    out = os.path.abspath(output) if local else output.rstrip("/")
+    new_folder = local and not os.path.lexists(out)
+    created = prepare_output(output, source, source_kind)
+    try:
+        yield
+    except BaseException:
+        if created:
+            _release_output(out, local, new_folder)
+        raise
+
+
+def _release_output(out: str, local: bool, new_folder: bool) -> None:
+    """Remove the marker (and a local folder made by this run) when the marker is all the folder
+    holds. A failure here is logged, never raised over the job's own error."""
+    try:
+        names = set(os.listdir(out)) if local else list_names(out)
+        if names != {OUTPUT_MARKER}:
+            return
+        FileSystems.delete([join(out, OUTPUT_MARKER)])
+        if new_folder:
+            os.rmdir(out)
+        log.info("the run failed before writing to %s: its dataset marker was removed", out)
+    except Exception as exc:  # noqa: BLE001 - the job's error is the one to report
+        log.warning(
+            "could not remove the dataset marker from %s after the failed run: %s", out, exc
         )

@@ -153,6 +153,30 @@ def test_ingest_refuses_a_prefix_holding_other_files(s3, capsys):
     assert set(_keys(client, "theirs/")) == {"theirs/notes.txt"}
 
 
+def test_a_failed_remote_run_leaves_no_marker_in_the_store(s3, monkeypatch):
+    """A job that fails on its (remote) runner before writing anything leaves no `.mmdata-dataset`
+    marker claiming the prefix as a dataset."""
+    import sys
+    import types
+
+    from apache_beam.runners.runner import PipelineRunner
+
+    class FailingRunner(PipelineRunner):
+        def run_pipeline(self, pipeline, options):
+            raise RuntimeError("job failed on the cluster")
+
+    module = types.ModuleType("mmdata_fake_remote_s3")
+    module.FailingRunner = FailingRunner
+    monkeypatch.setitem(sys.modules, "mmdata_fake_remote_s3", module)
+    client, args = s3
+    _upload_manifest(client)
+    out = f"s3://{BUCKET}/out/failed"
+    argv = ["ingest", "--input", f"s3://{BUCKET}/in/pairs.jsonl", "--output", out, *args]
+    with pytest.raises(RuntimeError, match="job failed on the cluster"):
+        main([*argv, "--runner=mmdata_fake_remote_s3.FailingRunner"])
+    assert _keys(client, "out/failed/") == {}
+
+
 def test_ingest_of_img2dataset_shards_in_the_store(s3, tmp_path, capsys):
     client, args = s3
     local = tmp_path / "00000.tar"
