@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import io
+import itertools
 import json
 import logging
 import os
@@ -391,32 +392,37 @@ class ManifestError(ValueError):
     (a ValueError: one line on the command line, no traceback)."""
 
 
-# A manifest row's place: its index among the file's rows (int), a label for a row that did not parse
-# where rows have no index ("row5": a CSV row with the wrong number of fields), or None for the file.
-_Ref = int | str | None
+# A manifest row's index: its 0-based position among the file's rows (the line of a JSON Lines file,
+# blank lines counted; the record after a CSV/TSV header; the item of a JSON array; the Parquet row),
+# for rows that parse and rows that do not alike; None for the file as a whole. A row's default key is
+# `<manifest stem>_<index, 9 digits>` in every format.
+_Ref = int | None
+# A parsed row: (index, place, row or None when it does not parse, why it does not parse). `place` is
+# where a person finds the row, 1-based, as each format counts: "line 3" (JSON Lines), "row 4 (the
+# header is row 1)" (CSV/TSV), "row 3" (Parquet), "item 3" (a JSON array).
+_Row = tuple[int, str, dict[str, Any] | None, str]
 
 
-def _json_rows(
-    path: str, data: bytes, start: int = 0
-) -> list[tuple[_Ref, dict[str, Any] | None, str]]:
-    """JSON Lines rows (ref: the 0-based line number, from `start`); a line that is not a JSON object
-    is a bad row, the others are read."""
-    out: list[tuple[_Ref, dict[str, Any] | None, str]] = []
+def _json_rows(path: str, data: bytes, start: int = 0) -> list[_Row]:
+    """JSON Lines rows (index: the 0-based line number, from `start`); a line that is not a JSON
+    object is a bad row, the others are read."""
+    out: list[_Row] = []
     for i, line in enumerate(data.splitlines(), start=start):
         if not line.strip():
             continue
+        place = f"line {i + 1}"
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError(f"the line is a JSON {type(row).__name__}, not an object")
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            out.append((i, None, f"{path} line {i + 1}: {e}"))
+            out.append((i, place, None, f"{path} {place}: {e}"))
             continue
-        out.append((i, row, ""))
+        out.append((i, place, row, ""))
     return out
 
 
-def _json_document_rows(path: str, data: bytes) -> list[tuple[_Ref, dict[str, Any] | None, str]]:
+def _json_document_rows(path: str, data: bytes) -> list[_Row]:
     """A `.json` manifest: a JSON array of row objects, one object (one row), or JSON Lines (files
     named `.json` often are); a document that parses but is neither is refused, as is a broken array
     (read line by line it would only be a pile of broken rows)."""
@@ -430,16 +436,21 @@ def _json_document_rows(path: str, data: bytes) -> list[tuple[_Ref, dict[str, An
             ) from None
         return _json_rows(path, data)  # JSON Lines under a .json name
     if isinstance(doc, dict):
-        return [(0, doc, "")]
+        return [(0, "item 1", doc, "")]
     if not isinstance(doc, list):
         raise ManifestError(
             f"{path}: the JSON document is a {type(doc).__name__}; a .json manifest is an array of "
             "row objects or JSON Lines (one object per line, .jsonl)"
         )
     return [
-        (i, row, "")
+        (i, f"item {i + 1}", row, "")
         if isinstance(row, dict)
-        else (i, None, f"{path} item {i}: a JSON {type(row).__name__}, not an object")
+        else (
+            i,
+            f"item {i + 1}",
+            None,
+            f"{path} item {i + 1}: a JSON {type(row).__name__}, not an object",
+        )
         for i, row in enumerate(doc)
     ]
 
@@ -457,8 +468,15 @@ def _csv_options(ext: str, bad: list | None = None):
     )
 
 
-def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list, list[str]]:
-    """CSV/TSV rows and columns; a row with the wrong number of fields (bad quoting) is a bad row."""
+def _csv_place(index: int) -> str:
+    return f"row {index + 2} (the header is row 1)"
+
+
+def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list[_Row], list[str]]:
+    """CSV/TSV rows and columns; a row with the wrong number of fields (bad quoting) is a bad row.
+    Every data row keeps its position after the header (pyarrow numbers the records it skips, the
+    header being record 1; the rows it reads fill the other positions in order), so a bad row does not
+    move the index, and so the key, of the rows after it."""
     import pyarrow.csv as pacsv
 
     bad: list = []
@@ -470,27 +488,33 @@ def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list, list[str]]:
             parse_options=_csv_options(ext, bad),
             read_options=pacsv.ReadOptions(use_threads=False),
         )
-    rows: list[tuple[_Ref, dict[str, Any] | None, str]] = [
-        (i, row, "") for i, row in enumerate(table.to_pylist())
-    ]
-    for n, b in enumerate(bad):
-        where = f"row {b.number} (the header is row 1)" if b.number else f"bad row {n + 1}"
+    good = table.to_pylist()
+    if all(b.number for b in bad):
+        bad_at = [b.number - 2 for b in bad]  # 0-based after the header
+    else:  # not numbered (not seen with one thread): after the rows read
+        bad_at = list(range(len(good), len(good) + len(bad)))
+    taken = set(bad_at)
+    free = (i for i in itertools.count() if i not in taken)
+    rows: list[_Row] = [(i, _csv_place(i), row, "") for i, row in zip(free, good, strict=False)]
+    for i, b in zip(bad_at, bad, strict=True):
         text = b.text if len(b.text) <= 200 else b.text[:200] + "..."
         rows.append(
             (
-                f"row{b.number or n + 1}",
+                i,
+                _csv_place(i),
                 None,
-                f"{path} {where}: {b.actual_columns} fields where the header has "
+                f"{path} {_csv_place(i)}: {b.actual_columns} fields where the header has "
                 f"{b.expected_columns} (bad quoting or delimiter?): {text!r}",
             )
         )
+    rows.sort(key=lambda r: r[0])
     return rows, table.column_names
 
 
 def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
-    """(rows, columns) of a manifest file's bytes: rows are (ref, row or None, bad-row detail);
-    columns are the file's (Parquet, CSV), or None where they are the rows' keys (JSON). Raises on a
-    file that cannot be parsed at all."""
+    """(rows, columns) of a manifest file's bytes: rows are `_Row`s (index, place, row or None,
+    bad-row detail); columns are the file's (Parquet, CSV), or None where they are the rows' keys
+    (JSON). Raises on a file that cannot be parsed at all."""
     import pyarrow.parquet as pq
 
     ext = _split_ext(path)[1]
@@ -501,7 +525,8 @@ def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
         return _json_document_rows(path, data), None
     if ext == "parquet":
         table = pq.read_table(io.BytesIO(data))
-        return [(i, row, "") for i, row in enumerate(table.to_pylist())], table.column_names
+        rows = [(i, f"row {i + 1}", row, "") for i, row in enumerate(table.to_pylist())]
+        return rows, table.column_names
     if ext in ("csv", "tsv"):
         return _csv_rows(path, ext, data)
     raise ManifestError(
@@ -512,7 +537,7 @@ def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
 def _row_columns(rows: list) -> list[str]:
     """The keys of JSON rows, in order of first appearance."""
     seen: dict[str, None] = {}
-    for _, row, _ in rows:
+    for _, _, row, _ in rows:
         if row is not None:
             seen.update(dict.fromkeys(row))
     return list(seen)
@@ -542,11 +567,13 @@ def _manifest_error(path: str, e: Exception) -> str:
     return f"{path}: not a readable {kind} file ({type(e).__name__}: {msg})"
 
 
-def _manifest_items(
-    path: str, cfg: IngestConfig
-) -> Iterator[tuple[str, _Ref, dict[str, Any] | None, tuple[str, str] | None]]:
-    """(manifest, ref, row, error) for every row of a manifest file; a row that does not parse is a
-    `bad_manifest_row` item, a file that cannot be used at all is one `bad_manifest` item (ref None)."""
+_Item = tuple[str, _Ref, str, dict[str, Any] | None, tuple[str, str] | None]
+
+
+def _manifest_items(path: str, cfg: IngestConfig) -> Iterator[_Item]:
+    """(manifest, index, place, row, error) for every row of a manifest file; a row that does not
+    parse is a `bad_manifest_row` item, a file that cannot be used at all is one `bad_manifest` item
+    (index None)."""
     try:
         with FileSystems.open(path) as f:
             data = f.read()
@@ -559,10 +586,10 @@ def _manifest_items(
         if check and (problem := _missing_columns(path, columns, cfg)):
             raise ManifestError(problem)
     except Exception as e:  # noqa: BLE001 - an unusable manifest is a reject, the glob goes on
-        yield path, None, None, ("bad_manifest", _manifest_error(path, e))
+        yield path, None, "", None, ("bad_manifest", _manifest_error(path, e))
         return
-    for ref, row, err in rows:
-        yield path, ref, row, None if row is not None else ("bad_manifest_row", err)
+    for index, place, row, err in rows:
+        yield path, index, place, row, None if row is not None else ("bad_manifest_row", err)
 
 
 def _manifest_problem(path: str, cfg: IngestConfig) -> str | None:
@@ -598,9 +625,9 @@ def _manifest_problem(path: str, cfg: IngestConfig) -> str | None:
                     rows = _json_document_rows(path, f.read().removeprefix(b"\xef\xbb\xbf"))
             else:
                 rows = _json_lines_head(path, cfg)
-            columns, n = _row_columns(rows), sum(row is not None for _, row, _ in rows)
+            columns, n = _row_columns(rows), sum(row is not None for _, _, row, _ in rows)
             if rows and not n:
-                return f"{path}: no row is a JSON object (first: {rows[0][2]})"
+                return f"{path}: no row is a JSON object (first: {rows[0][3]})"
     except Exception as e:  # noqa: BLE001 - said as the reason the file is refused
         return _manifest_error(path, e)
     if n == 0:
@@ -618,8 +645,8 @@ def _json_lines_head(path: str, cfg: IngestConfig) -> list:
             if i == 0:
                 line = line.removeprefix(b"\xef\xbb\xbf")
             rows += _json_rows(path, line, start=i)
-            if rows and rows[-1][1] is not None:
-                seen.update(rows[-1][1])
+            if rows and rows[-1][2] is not None:
+                seen.update(rows[-1][2])
                 if cfg.path_field in seen and cfg.caption_field in seen:
                     break
     return rows
@@ -671,17 +698,13 @@ class _ManifestRowFn(beam.DoFn):
         )
         return slug_key(rel)
 
-    def process(
-        self, item: tuple[str, _Ref, dict[str, Any] | None, tuple[str, str] | None]
-    ) -> Iterator[RawRecord]:
-        manifest, ref, row, error = item
+    def process(self, item: _Item) -> Iterator[RawRecord]:
+        manifest, index, place, row, error = item
         stem = self._stem(manifest)
-        if ref is None:  # the whole file
+        if index is None:  # the whole file
             default_key, source = f"{stem}_manifest", manifest
-        elif isinstance(ref, int):
-            default_key, source = f"{stem}_{ref:09d}", f"{manifest}#{ref}"
-        else:
-            default_key, source = f"{stem}_{ref}", f"{manifest}#{ref}"
+        else:  # every row, read or not, in every format: its 0-based index in the file
+            default_key, source = f"{stem}_{index:09d}", f"{manifest}#{index}"
         if row is None:
             yield RawRecord(key=default_key, source=source, image=None, caption=None, error=error)
             return
@@ -712,14 +735,17 @@ class _ManifestRowFn(beam.DoFn):
             )
 
         if not isinstance(path, str) or not path:
-            yield record(None, ("missing_path", f"no {cfg.path_field!r} in row"))
+            yield record(
+                None, ("missing_path", f"{manifest} {place}: no {cfg.path_field!r} in row")
+            )
             return
         if isinstance(caption, float) and caption != caption:  # NaN: pandas' missing value
             caption = None
         if caption is not None and not isinstance(caption, (str, bytes)):
             # as for JSON sidecars: a list, number or object is not a caption ("nan", "['a', 'b']")
             kind = type(caption).__name__
-            yield record(None, ("caption_not_text", f"{cfg.caption_field!r} is a {kind}, not text"))
+            why = f"{manifest} {place}: {cfg.caption_field!r} is a {kind}, not text"
+            yield record(None, ("caption_not_text", why))
             return
         metadata["path"] = path  # as the row wrote it (a relative one is not made a full path here)
         if is_local(path) and not path.startswith("/"):
