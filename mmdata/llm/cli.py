@@ -1,10 +1,11 @@
 """`mmdata templates generate|validate|review|list|server`: LLM-written instruction templates.
 
-Endpoint settings come from flags or the environment, never from files:
+Endpoint settings come from flags or the environment, never from config files:
 `--base-url`/`MMDATA_LLM_BASE_URL` (or `OPENAI_BASE_URL`), `--model`/`MMDATA_LLM_MODEL`,
-`--mode`/`MMDATA_LLM_MODE`, and the key from `MMDATA_LLM_API_KEY` or `OPENAI_API_KEY` (or
-`--api-key`). With none set, a local server started by `make llm-server-start` is used, and
-`--local` starts one just for the command.
+`--mode`/`MMDATA_LLM_MODE`, and the key from `--api-key-file PATH` (a file holding only the key) or
+`MMDATA_LLM_API_KEY` / `OPENAI_API_KEY`. (`--api-key KEY` still works, with a warning: other users
+see the command line in `ps`.) With none set, a local server started by `make llm-server-start` is
+used, and `--local` starts one just for the command.
 """
 
 from __future__ import annotations
@@ -142,10 +143,62 @@ class EndpointSettingsError(ValueError):
 
 NO_ENDPOINT_MESSAGE = (
     "no LLM endpoint configured: pass --base-url URL and --model NAME (or set MMDATA_LLM_BASE_URL "
-    "and MMDATA_LLM_MODEL), with the API key in MMDATA_LLM_API_KEY (or OPENAI_API_KEY) if the "
-    "endpoint needs one; or start the local server with `make llm-server-start`, or add --local "
-    "to start one for this command"
+    "and MMDATA_LLM_MODEL), with the API key in MMDATA_LLM_API_KEY (or OPENAI_API_KEY, or a file "
+    "given with --api-key-file PATH) if the endpoint needs one; or start the local server with "
+    "`make llm-server-start`, or add --local to start one for this command"
 )
+
+
+API_KEY_ON_COMMAND_LINE_WARNING = (
+    "warning: --api-key puts the key on the command line, where other users of this machine can "
+    "read it (ps, /proc/<pid>/cmdline); set MMDATA_LLM_API_KEY (or OPENAI_API_KEY) or pass "
+    "--api-key-file PATH instead"
+)
+
+
+def read_api_key_file(path: str | Path) -> str:
+    """The key a file holds (surrounding whitespace and the final newline stripped).
+
+    Raises EndpointSettingsError, naming the file but never showing what it holds, when it cannot
+    be read, is empty, or holds more than one word."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise EndpointSettingsError(
+            f"cannot read the API key file {str(path)!r} given with --api-key-file: "
+            f"{e.strerror or type(e).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise EndpointSettingsError(
+            f"the API key file {str(path)!r} given with --api-key-file is not UTF-8 text"
+        ) from None
+    key = text.strip()
+    if not key:
+        raise EndpointSettingsError(
+            f"the API key file {str(path)!r} given with --api-key-file is empty; put the key in it"
+        )
+    if len(key.split()) > 1:
+        raise EndpointSettingsError(
+            f"the API key file {str(path)!r} given with --api-key-file holds more than one word "
+            "or line; it should hold the key alone"
+        )
+    return key
+
+
+def _api_key(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The API key and where it came from: --api-key-file, then --api-key (with a warning), then
+    MMDATA_LLM_API_KEY / OPENAI_API_KEY."""
+    from mmdata.llm.client import api_key_env
+
+    path = getattr(args, "api_key_file", None)
+    if path is not None:
+        return read_api_key_file(path), f"--api-key-file {path}"
+    if getattr(args, "api_key", None) is not None:
+        print(API_KEY_ON_COMMAND_LINE_WARNING, file=sys.stderr)
+        if args.api_key:
+            return args.api_key, "--api-key"
+    return api_key_env()
 
 
 @contextlib.contextmanager
@@ -153,7 +206,7 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
     """Flags > environment > a running local server > `--local` (start one for this command).
 
     Raises EndpointSettingsError when no endpoint is configured or a setting is unusable."""
-    from mmdata.llm.client import EndpointConfig, api_key_from_env, redact_url
+    from mmdata.llm.client import EndpointConfig, redact_url
 
     base_url, base_url_from = args.base_url, "--base-url"
     for var in ("MMDATA_LLM_BASE_URL", "OPENAI_BASE_URL"):
@@ -161,9 +214,10 @@ def resolve_endpoint(args: argparse.Namespace) -> Iterator[Endpoint]:
             base_url, base_url_from = os.environ.get(var), var
     model = args.model or os.environ.get("MMDATA_LLM_MODEL")
     mode = args.mode or os.environ.get("MMDATA_LLM_MODE")
-    api_key = args.api_key or api_key_from_env()
+    api_key, api_key_from = _api_key(args)
     common = dict(
         api_key=api_key,
+        api_key_from=api_key_from,
         timeout=args.timeout,
         max_retries=args.max_retries,
     )
@@ -568,7 +622,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="chat for instruction-tuned models, completion (few-shot) for base models",
     )
-    g.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
+    key = g.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="PATH",
+        help="read the API key from this file (it holds the key alone); default: "
+        "$MMDATA_LLM_API_KEY or $OPENAI_API_KEY",
+    )
+    # Kept for compatibility; warns: other users of the machine see a command line (ps).
+    key.add_argument("--api-key", default=None, help=argparse.SUPPRESS)
     g.add_argument(
         "--local",
         action="store_true",

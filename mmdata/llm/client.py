@@ -91,6 +91,8 @@ class EndpointConfig:
         kind: free label of the endpoint (e.g. `llama.cpp-local`) recorded in provenance.
         base_url_from: where base_url came from (`--base-url`, `MMDATA_LLM_BASE_URL`, ...), so
             that an error can say which setting to fix; None when not known.
+        api_key_from: where api_key came from (`MMDATA_LLM_API_KEY`, `--api-key-file PATH`,
+            `--api-key`), for the same reason; None when not known.
     """
 
     base_url: str
@@ -104,6 +106,7 @@ class EndpointConfig:
     max_retry_after: float = 60.0
     kind: str = "openai-compatible"
     base_url_from: str | None = None
+    api_key_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.route not in ROUTES:
@@ -180,8 +183,19 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+API_KEY_VARS = ("MMDATA_LLM_API_KEY", "OPENAI_API_KEY")
+
+
+def api_key_env() -> tuple[str | None, str | None]:
+    """The API key from the environment and the name of the variable it came from."""
+    for var in API_KEY_VARS:
+        if os.environ.get(var):
+            return os.environ[var], var
+    return None, None
+
+
 def api_key_from_env() -> str | None:
-    return os.environ.get("MMDATA_LLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    return api_key_env()[0]
 
 
 @dataclass
@@ -377,13 +391,18 @@ class LLMClient:
         if not cfg.api_key:
             return (
                 f"{self.url} {what} (HTTP {status}) and no API key is set: export "
-                "MMDATA_LLM_API_KEY=<key> (or OPENAI_API_KEY) with a key for this endpoint"
+                "MMDATA_LLM_API_KEY=<key> (or OPENAI_API_KEY), or pass --api-key-file PATH, with "
+                "a key for this endpoint"
             )
         if status == 401:
-            return (
-                f"{self.url} refused the API key (HTTP 401); set MMDATA_LLM_API_KEY or "
-                "OPENAI_API_KEY to a valid key"
-            )
+            src = cfg.api_key_from
+            if src and src.startswith("--api-key-file"):
+                fix = f"the key was read from {src}: put a valid key in that file"
+            elif src and not src.startswith("--"):
+                fix = f"the key came from ${src}: set it to a valid key"
+            else:
+                fix = "set MMDATA_LLM_API_KEY (or OPENAI_API_KEY) to a valid key"
+            return f"{self.url} refused the API key (HTTP 401); {fix}"
         return f"{self.url} {what} (HTTP 403); check that the API key may use this model"
 
     # -- requests --------------------------------------------------------------------------------

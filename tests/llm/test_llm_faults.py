@@ -377,12 +377,27 @@ def test_interrupt_keeps_partial_progress(templates_copy, cache_dir):
         assert len(on_disk.with_status("candidate")) == 10
 
 
+@pytest.mark.parametrize("source", ["env", "file", "flag"])
 def test_api_key_never_lands_in_files_or_output(
-    templates_copy, cache_dir, capsys, caplog, monkeypatch
+    templates_copy, cache_dir, capsys, caplog, monkeypatch, tmp_path, source
 ):
+    """Whether the key comes from MMDATA_LLM_API_KEY, --api-key-file or --api-key, it is sent and
+    never written to output, logs (-v), the cache or the template files; --api-key (visible to
+    other users in ps) is accepted with a one-line warning naming the alternatives."""
     secret = "sk-test-very-secret-0123456789"
-    monkeypatch.setenv("MMDATA_LLM_API_KEY", secret)
-    with FaultServer([("500",)], default=("ok", _varied)) as srv:
+    monkeypatch.delenv("MMDATA_LLM_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    key_args: list[str] = []
+    if source == "env":
+        monkeypatch.setenv("MMDATA_LLM_API_KEY", secret)
+    elif source == "file":
+        key_file = tmp_path / "llm.key"
+        key_file.write_text(f"  {secret}\n\n")  # surrounding whitespace is not part of the key
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-the-file-wins-over-the-environment")
+        key_args = ["--api-key-file", str(key_file)]
+    else:
+        key_args = ["--api-key", secret]
+    with FaultServer([("500",)], default=("ok", _varied), require_key=secret) as srv:
         rc = mmdata_main(
             [
                 "-v",
@@ -403,6 +418,7 @@ def test_api_key_never_lands_in_files_or_output(
                 "--cache-dir",
                 str(cache_dir),
                 "--no-embed",
+                *key_args,
             ]
         )
     assert rc == 0
@@ -410,6 +426,13 @@ def test_api_key_never_lands_in_files_or_output(
     assert headers["authorization"] == f"Bearer {secret}"  # it was used
     out = capsys.readouterr()
     assert secret not in out.out + out.err + caplog.text
+    warnings = [line for line in out.err.splitlines() if line.startswith("warning: --api-key")]
+    if source == "flag":
+        assert len(warnings) == 1, out.err
+        assert "ps" in warnings[0] and "other users" in warnings[0]
+        assert "MMDATA_LLM_API_KEY" in warnings[0] and "--api-key-file PATH" in warnings[0]
+    else:
+        assert warnings == [], out.err
     for path in list(templates_copy.rglob("*")) + list(cache_dir.rglob("*")):
         if path.is_file():
             assert secret not in path.read_text(errors="replace"), path
@@ -902,3 +925,56 @@ def test_ctrl_c_while_the_local_server_starts_leaves_no_server_behind(monkeypatc
         srv.start(timeout=60)
     assert srv.proc is not None and srv.proc.poll() is not None
     assert srv._log_file is None
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "cannot read the API key file"),  # missing
+        ("", "is empty"),
+        (" \n\t\n", "is empty"),
+        ("sk-one sk-two\n", "more than one word"),
+        (b"\xff\xfesk-key", "not UTF-8 text"),
+        ("dir", "cannot read the API key file"),  # a folder
+    ],
+)
+def test_unusable_api_key_file_is_a_one_line_usage_error(
+    tmp_path, templates_copy, capsys, content, problem
+):
+    """--api-key-file that is missing, a folder, empty, not text or not a single key: exit 2 with
+    one line naming the file (never what it holds), before any request or file is made."""
+    path = tmp_path / "llm.key"
+    if content == "dir":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    before = _tree(tmp_path)
+    with FaultServer([], default=("ok", _varied)) as srv:
+        rc = mmdata_main(_generate_args(srv.base_url, templates_copy, "--api-key-file", str(path)))
+        assert not srv.requests and not srv.models_requests
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], err
+    assert str(path) in lines[0] and "--api-key-file" in lines[0]
+    assert "sk-one" not in err and "sk-key" not in err
+    assert _tree(tmp_path) == before
+
+
+def test_refused_key_from_a_file_names_the_file(tmp_path, templates_copy, capsys):
+    """A 401 for a key read from --api-key-file says which file to fix; --api-key and
+    --api-key-file together are a usage error."""
+    path = tmp_path / "llm.key"
+    path.write_text("sk-wrong-key-0123456789\n")
+    with FaultServer([], require_key="right-key") as srv:
+        args = _generate_args(srv.base_url, templates_copy, "--api-key-file", str(path))
+        assert mmdata_main(args) == 2
+        err = capsys.readouterr().err
+        assert f"refused the API key (HTTP 401); the key was read from --api-key-file {path}" in err
+        assert "sk-wrong-key" not in err
+        with pytest.raises(SystemExit) as e:
+            mmdata_main([*args, "--api-key", "k"])
+        assert e.value.code == 2
+        assert "not allowed with argument" in capsys.readouterr().err
