@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         code = _user_error_code(e)
         if args.verbose or code is None:
             raise
-        print(f"mmdata {args.command}: error: {e}", file=sys.stderr)
+        from mmdata.errors import print_error
+
+        print_error(args.command, e)  # an OSError names its path and says what is wrong in words
         return code
 
 

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mmdata.errors import os_error_reason
+
 T = TypeVar("T")
 
 
@@ -243,7 +245,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             data = yaml.safe_load(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(
+            f"config file {str(path)!r} cannot be read: {os_error_reason(e)}"
+        ) from None
+    except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None

@@ -16,6 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
+from mmdata.errors import parent_folder_problem
 from mmdata.io import paths
 
 THUMB = 128
@@ -126,6 +127,9 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
             f"{root} has no manifest.json: not an mmdata dataset (or the job did not finish)"
         )
     m = json.loads(paths.read_text(manifest_path))
+    out_path = _report_path(root, out)
+    if problem := parent_folder_problem(out_path):  # before the shards are read, not at the end
+        raise NotADirectoryError(f"report {out_path}: {problem}")
     e = html.escape
     parts = [
         "<!doctype html><meta charset='utf-8'><title>mmdata: " + e(str(root)) + "</title>",
@@ -214,7 +218,6 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
         )
     parts.append("<h2>Samples</h2>")
     parts += samples
-    out_path = _report_path(root, out)
     paths.write_bytes(out_path, "\n".join(parts).encode("utf-8"), mime_type="text/html")
     return out_path
 

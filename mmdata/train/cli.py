@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from mmdata.errors import check_output_folder
 from mmdata.flags import accept_underscores
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    check_output_folder(args.output)  # an --output under a file fails before the model loads
     instructions = read_instructions(args.instruction)  # a bad file fails before the model loads
     device = pick_device(args.device)
     model, cfg = load_model(resolve_checkpoint(args.checkpoint), args.weights)
@@ -176,7 +178,8 @@ def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         device=args.device,
         tasks=args.tasks,
     )
-    ec.validate()  # bad arguments, then a wrong --shards, fail before the model is loaded
+    ec.validate()  # bad arguments, then a wrong --shards or --output, fail before the model loads
+    check_output_folder(args.output)
     resolve_shards(args.shards)
     ec.checkpoint = str(resolve_checkpoint(args.checkpoint))
     figures = evaluate(ec)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmdata.errors import os_error_reason
 from mmdata.train.data import load_image
 from mmdata.train.diffusion import alphas_cumprod
 from mmdata.train.loop import encode_conditioning
@@ -106,7 +107,8 @@ def instruction_batch(ins: Instruction, image_size: int, max_context: int) -> di
         try:
             pixels = load_image(Path(entry["image"]).read_bytes(), image_size)
         except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ValueError(f"context image {entry['image']!r} cannot be read: {e}") from None
+            why = os_error_reason(e) if isinstance(e, OSError) else e
+            raise ValueError(f"context image {entry['image']!r} cannot be read: {why}") from None
         ctx[i] = pixels.transpose(2, 0, 1)
         mask[i] = True
         texts[i] = entry["text"]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmdata.errors import check_output_folder
 from mmdata.train import checkpoint as ckpt
 from mmdata.train.config import TrainConfig
 from mmdata.train.data import ResumableLoader, build_loader, to_unit
@@ -219,6 +220,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     from tqdm.auto import tqdm
 
     cfg.validate()
+    check_output_folder(cfg.output_dir)  # under a file: say so now, not once the model is built
     cuda = torch.cuda.is_available()
     precision = ("bf16" if cuda else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     acc = Accelerator(

@@ -17,7 +17,8 @@ def test_output_under_a_file_is_one_line(tmp_path, capsys):
 
     code = cli.main(["ingest", "--input", str(sample_corpus_dir()), "--output", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "mmdata ingest: error:" in err and "Not a directory" in err
+    assert code == 2 and "mmdata ingest: error:" in err
+    assert f"a parent, {tmp_path / 'afile'}, is a file, not a folder" in err and "Errno" not in err
     assert "Traceback" not in err
 
 
