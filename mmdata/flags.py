@@ -1,9 +1,9 @@
 """Underscore spellings of dashed options: `--max_steps` for `--max-steps`.
 
-The Beam job subcommands take underscore options (`--input_kind`, Beam's own style) while `train`,
-`sample`, `evaluate`, `templates` and `corpus` use dashes. `accept_underscores` lets the latter take
-either spelling, so a flag typed in the other style works instead of failing as unrecognised (used by
-the train, templates and corpus CLIs).
+The Beam job subcommands take underscore options (`--input_kind`, Beam's own style) while `inspect`,
+`train`, `sample`, `evaluate`, `templates` and `corpus` use dashes. `accept_underscores` lets the
+latter take either spelling, so a flag typed in the other style works instead of failing as
+unrecognised (used by the inspect, train, templates and corpus CLIs).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import os
 import tarfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -118,6 +119,72 @@ def stage_order(manifest: dict) -> list[str]:
     return list(dict.fromkeys(chain)) + sorted(set(counts) - set(chain))
 
 
+class ManifestError(ValueError):
+    """A dataset's manifest.json that is not valid JSON or not shaped as mmdata writes it (a
+    ValueError: one line on the command line, exit 2). The message names the file and what is wrong."""
+
+
+_KINDS = {dict: "an object", list: "a list", str: "a string", int: "a number"}
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def read_manifest(path: str) -> dict:
+    """The manifest at `path`, checked to have what the report reads (fields mmdata's jobs write);
+    anything else is a ManifestError naming the file and the field, or line and column for JSON."""
+    try:
+        m = json.loads(paths.read_text(path))
+    except UnicodeDecodeError as err:
+        raise ManifestError(
+            f"{path} is not UTF-8 text: {err.reason} at byte {err.start + 1}"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(
+            f"{path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        ) from None
+
+    def need(obj: dict, key: str, kind: type, where: str) -> Any:
+        name = f"{where}.{key}" if where else key
+        if key not in obj:
+            raise ManifestError(f"{path} is not an mmdata manifest: {name} is missing")
+        return of(obj[key], kind, name)
+
+    def of(value: Any, kind: type, name: str) -> Any:
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            raise ManifestError(
+                f"{path} is not an mmdata manifest: {name} is {_kind(value)}, not {_KINDS[kind]}"
+            )
+        return value
+
+    of(m, dict, "the top level")
+    need(m, "job", str, "")
+    need(m, "mmdata_version", str, "")
+    totals = need(m, "totals", dict, "")
+    need(totals, "samples", int, "totals")
+    need(totals, "rejects", int, "totals")
+    for i, shard in enumerate(need(m, "shards", list, "")):
+        need(of(shard, dict, f"shards[{i}]"), "name", str, f"shards[{i}]")
+    for stage, c in need(m, "counts", dict, "").items():
+        where = f"counts.{stage}"
+        of(c, dict, where)
+        need(c, "input", int, where)
+        need(c, "kept", int, where)
+        need(c, "rejected", dict, where)
+    need(m, "tasks", dict, "")
+    need(m, "mixture", dict, "")
+    if m.get("stages") is not None:
+        of(m["stages"], list, "stages")
+    return m
+
+
 def write_report(dataset: str | Path, out: str | Path | None = None, max_samples: int = 48) -> str:
     """Write the HTML report of `dataset` (a folder or a `scheme://` prefix); returns its path."""
     root = str(dataset).rstrip("/") if "://" in str(dataset) else str(dataset)
@@ -126,7 +193,7 @@ def write_report(dataset: str | Path, out: str | Path | None = None, max_samples
         raise FileNotFoundError(
             f"{root} has no manifest.json: not an mmdata dataset (or the job did not finish)"
         )
-    m = json.loads(paths.read_text(manifest_path))
+    m = read_manifest(manifest_path)
     out_path = _report_path(root, out)
     if problem := parent_folder_problem(out_path):  # before the shards are read, not at the end
         raise NotADirectoryError(f"report {out_path}: {problem}")

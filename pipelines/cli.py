@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from mmdata.config import DemoConfig, IngestJobConfig, add_config_flags, config_from_args
+from mmdata.flags import accept_underscores
 from mmdata.runner import redact_args, summarize
 
 log = logging.getLogger("mmdata")
@@ -84,9 +85,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset folder or gs:// / s3:// prefix (with manifest.json)")
     p.add_argument("--out", default=None, help="HTML file (default: <dataset>/inspect.html)")
     p.add_argument(
-        "--max_samples",
+        "--max-samples",
         type=int,
         default=48,
         help="most samples shown (taken from the first shards in order)",
     )
     p.set_defaults(func=_inspect, accepts_beam_args=True)
+    accept_underscores(p)  # --max_samples too, as before
