@@ -451,7 +451,9 @@ class ShardStream(IterableDataset):
     A worker whose shards hold no usable sample for this run (none of the mixture's tasks, or fewer
     shards and samples than workers) yields nothing and stops with a warning: once its epoch was
     empty when its share is the same every epoch, else after `EMPTY_EPOCHS` empty epochs in a row;
-    the other workers go on. `ResumableLoader` raises `NoDataError` when every worker stopped.
+    the other workers go on. Its last item is then not a batch but `{"stopped": worker, "counters":
+    ...}`, what it read (no batch carried its counts to the loader). `ResumableLoader` takes those in
+    and raises `NoDataError`, with the counts, when every worker stopped.
     """
 
     def __init__(
@@ -635,6 +637,8 @@ class ShardStream(IterableDataset):
                     counters.corrupt,
                     counters.mixture_skipped,
                 )
+                # what it read never reached the loader in a batch: tell it (not a batch)
+                yield {"stopped": worker, "counters": self._counts(counters, reasons=True)}
                 return
             epoch += 1
 
@@ -644,13 +648,20 @@ class ShardStream(IterableDataset):
     ) -> dict[str, Any]:
         out = collate(batch)
         out["position"] = {"worker": worker, "epoch": epoch, "n": n}
-        out["counters"] = {
+        out["counters"] = ShardStream._counts(c)
+        return out
+
+    @staticmethod
+    def _counts(c: StreamCounters, reasons: bool = False) -> dict[str, Any]:
+        counts: dict[str, Any] = {
             "read": c.read,
             "corrupt": c.corrupt,
             "mixture_skipped": c.mixture_skipped,
             "short_shards": len(c.short),
         }
-        return out
+        if reasons:
+            counts["corrupt_reasons"] = dict(c.corrupt_reasons)
+        return counts
 
 
 class ResumableLoader:
@@ -687,6 +698,7 @@ class ResumableLoader:
         self.next_worker = 0
         self.positions: list[tuple[int, int]] = [(0, 0)] * workers
         self.counters: list[dict[str, int]] = [{} for _ in range(workers)]
+        self.corrupt_reasons: list[dict[str, int]] = [{} for _ in range(workers)]
         if state:
             if state["num_workers"] != workers or state.get("world_size", 1) != world_size:
                 raise ValueError(
@@ -721,6 +733,11 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in self.loader:
+            if "stopped" in batch:  # a worker without usable samples stopped: what it read
+                counts = batch["counters"]
+                self.corrupt_reasons[batch["stopped"]] = counts.pop("corrupt_reasons", {})
+                self.counters[batch["stopped"]] = counts
+                continue
             pos = batch.pop("position")
             self.positions[pos["worker"]] = (pos["epoch"], pos["n"])
             self.counters[pos["worker"]] = batch.pop("counters")
@@ -729,9 +746,17 @@ class ResumableLoader:
             yield batch
         accept = self.dataset.accept
         kept = sorted(t for t, p in (accept or {}).items() if p > 0)
+        seen = self.totals()
+        reasons: dict[str, int] = {}
+        for worker in self.corrupt_reasons:
+            for reason, n in worker.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
         raise NoDataError(
             f"no data: none of the {self.num_workers} data worker(s) found a usable sample in the "
-            f"{self.num_shards} shard(s) ({self.totals()} so far"
+            f"{self.num_shards} shard(s) (over their epochs: {seen['read']} read, "
+            f"{seen['corrupt']} corrupt{f' ({why})' if why else ''}, {seen['mixture_skipped']} "
+            "skipped by the mixture"
             + (f"; the mixture keeps only {', '.join(kept) or 'no task'}" if accept else "")
             + "; see the warnings above): check the shards, data.mixture and data.max_context"
         )

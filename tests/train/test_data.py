@@ -266,6 +266,27 @@ def test_no_usable_sample_anywhere_is_a_clear_error(stage1_dir: Path, workers: i
         next(iter(loader))
 
 
+@pytest.mark.filterwarnings("ignore:skipping corrupt sample", "ignore:This DataLoader will create")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_data_error_counts_what_the_workers_read(tmp_path: Path, workers: int, caplog) -> None:
+    """Shards whose every sample is corrupt: the workers warn '6 read, 6 corrupt' between them and
+    stop; the final error said {'read': 0, 'corrupt': 0, ...} (counts came only with batches)."""
+    bad = {0: "bad_png", 1: "bad_json"}
+    root = write_dataset(tmp_path / "bad", n=2, per_shard=1, tasks=("txt2img",), corrupt=bad)
+    cfg = DataConfig(shards=[str(root)], num_workers=workers)
+    loader = build_loader(cfg, 1, 8, seed=0)
+    with caplog.at_level("WARNING", logger="mmdata.train.data"):
+        with pytest.raises(NoDataError) as e:
+            next(iter(loader))
+    # 3 empty epochs of 2 samples each, read by the one worker or split between the two
+    assert "over their epochs: 6 read, 6 corrupt (3 UnidentifiedImageError, 3 bad_json), 0 " in (
+        str(e.value)
+    )
+    assert loader.totals() == {"read": 6, "corrupt": 6, "mixture_skipped": 0, "short_shards": 0}
+    if not workers:  # in this process: the worker's own warning says the same
+        assert "(6 read, 6 corrupt, 0 skipped by the mixture); it stops" in caplog.text
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")
 def test_resume_with_a_stopped_worker_continues_in_order(tmp_path: Path) -> None:
     """Workers 1 and 3 hold only edge2img samples (split by sample) and stop; a resumed loader still
