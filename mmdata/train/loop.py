@@ -173,11 +173,12 @@ RESUME_SETTINGS = (
 
 
 def apply_resumed_settings(
-    optimizer: Any, scheduler: Any, saved: TrainConfig, cfg: TrainConfig
+    optimizer: Any, scheduler: Any, saved: TrainConfig, cfg: TrainConfig, report: bool = True
 ) -> None:
     """After loading a checkpoint's optimiser and scheduler state (which carry its lr and weight
     decay), put this run's lr, weight decay and warmup in place: a value changed on --resume applies
-    from the resumed step. Changes to `RESUME_SETTINGS` are logged as a warning."""
+    from the resumed step. Changes to `RESUME_SETTINGS` are logged as a warning when `report` (the
+    main process: every process of a multi-GPU run resumes, the run's changes are said once)."""
     for group in optimizer.param_groups:
         group["initial_lr"] = cfg.lr
         group["weight_decay"] = cfg.weight_decay
@@ -189,7 +190,7 @@ def apply_resumed_settings(
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     old, new = saved.to_dict(), cfg.to_dict()
     changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in RESUME_SETTINGS if old[k] != new[k]]
-    if changed:
+    if changed and report:
         log.warning(
             "resume: this run's config changes %s (the checkpoint's values are replaced from "
             "step %d on)",
@@ -230,6 +231,14 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     device, rank, world = acc.device, acc.process_index, acc.num_processes
+    main = acc.is_main_process
+
+    def say(level: int, message: str, *args: Any) -> None:
+        """Log a message about the run as a whole once: on the main process (every process of a
+        multi-GPU run runs this function)."""
+        if main:
+            log.log(level, message, *args)
+
     out = Path(cfg.output_dir)
     created = not out.exists()
     existing = ckpt.latest_checkpoint(out)
@@ -252,7 +261,7 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
                 + ckpt.describe_config_diff(diff)
             )
     elif cfg.resume:
-        log.warning("resume: no checkpoint in %s; starting a new run there", out)
+        say(logging.WARNING, "resume: no checkpoint in %s; starting a new run there", out)
     if cfg.init_from and existing is None:
         try:
             init_from = ckpt.resolve_checkpoint(cfg.init_from)
@@ -279,7 +288,8 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     torch.manual_seed(cfg.seed)
     model = InstructUNet(cfg.model)
     share = context_parameter_share(model)
-    log.info(
+    say(
+        logging.INFO,
         "model: %.1fM parameters; the context path adds %.2fM (%.2f%% of the total)",
         share["total"] / 1e6,
         share["context_added"] / 1e6,
@@ -288,9 +298,18 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     resume_from = existing  # checked above: a run there is only continued with resume
     if init_from is not None:  # checked above
         model.load_state_dict(ckpt.read_weights(init_from, cfg.init_weights))
-        log.info("stage %d starts from %s (%s weights)", cfg.stage, init_from, cfg.init_weights)
+        say(
+            logging.INFO,
+            "stage %d starts from %s (%s weights)",
+            cfg.stage,
+            init_from,
+            cfg.init_weights,
+        )
     elif cfg.stage == 2 and resume_from is None:
-        log.warning("stage 2 without init_from: training the instruction mixture from scratch")
+        say(
+            logging.WARNING,
+            "stage 2 without init_from: training the instruction mixture from scratch",
+        )
     if cfg.lora.enabled:
         model = ckpt.build_model_lora(model, cfg)
     model.to(device)
@@ -306,11 +325,11 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         opt = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
-        apply_resumed_settings(optimizer, scheduler, saved, cfg)
+        apply_resumed_settings(optimizer, scheduler, saved, cfg, report=main)
         state = json.loads((resume_from / "state.json").read_text())
         step, samples_seen = state["step"], state["samples_seen"]
         data_state = state["data"][rank]
-        log.info("resuming %s at step %d", resume_from, step)
+        say(logging.INFO, "resuming %s at step %d", resume_from, step)
 
     model, optimizer = acc.prepare(model, optimizer)
     loader = build_loader(

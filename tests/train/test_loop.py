@@ -185,6 +185,28 @@ def test_resume_applies_a_changed_learning_rate(
     assert opt["scheduler"]["base_lrs"] == [1e-5]
 
 
+def test_resume_says_what_the_config_changes_once(
+    tmp_path: Path, stage1_dir: Path, text_encoder: TextEncoder, caplog, monkeypatch
+) -> None:
+    """Every process of a multi-GPU run resumes; each logged 'config changes lr' (twice on two
+    GPUs). Only the main process says it (and the other messages about the run as a whole)."""
+    from accelerate import Accelerator
+
+    kw = dict(log_every=1, warmup_steps=0, checkpoint_every=2)
+    train(tiny_config(tmp_path, stage1_dir, max_steps=2, lr=1e-3, **kw), text_encoder)
+    resumed = tiny_config(tmp_path, stage1_dir, max_steps=4, lr=1e-5, resume=True, **kw)
+    with monkeypatch.context() as m, caplog.at_level("INFO", logger="mmdata.train.loop"):
+        m.setattr(Accelerator, "is_main_process", property(lambda self: False))  # another rank
+        train(resumed, text_encoder)
+    assert "config changes" not in caplog.text and "resuming" not in caplog.text, caplog.text
+    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000002"  # it writes no checkpoint
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mmdata.train.loop"):
+        train(resumed, text_encoder)  # the main process
+    assert caplog.text.count("resume: this run's config changes lr 0.001 -> 1e-05") == 1
+    assert caplog.text.count("resuming ") == 1
+
+
 def test_a_run_failing_before_its_first_checkpoint_leaves_no_run(
     tmp_path: Path, stage1_dir: Path, text_encoder: TextEncoder, monkeypatch
 ) -> None:
