@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     if rest and not getattr(args, "accepts_beam_args", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        _subparser(parser, args).error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         from mmdata.runner import unknown_beam_args
 
         if unknown := unknown_beam_args(rest):
-            parser.error(
+            _subparser(parser, args).error(
                 f"unrecognized arguments (neither {args.command} options nor Beam pipeline options): "
                 f"{' '.join(unknown)}; see `mmdata {args.command} --help`"
             )
@@ -132,6 +132,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print_error(args.command, e)  # an OSError names its path and says what is wrong in words
         return code
+
+
+def _subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (sub)subcommand `args` were parsed for, so that its usage errors read
+    `mmdata <command>: error: ...` like argparse's own (not `mmdata: error: ...`)."""
+    while True:
+        action = next(
+            (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None
+        )
+        name = getattr(args, action.dest, None) if action is not None else None
+        if name not in (action.choices if action is not None else {}):
+            return parser
+        parser = action.choices[name]
 
 
 # Errors mmdata raises to tell a user what to fix, beyond OSError/ValueError: (module, class) -> exit code.

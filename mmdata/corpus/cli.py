@@ -17,10 +17,10 @@ import argparse
 import logging
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from mmdata.corpus import build, sample, sources
+from mmdata.errors import print_error
 from mmdata.flags import accept_underscores
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _licenses(args: argparse.Namespace) -> tuple[str, ...]:
 def _done(report: build.BuildReport, out: Path, nothing: str = "") -> int:
     print(report.summary())
     if report.written == 0:
-        print(f"mmdata corpus: nothing written to {out}{nothing}", file=sys.stderr)
+        print_error("corpus", f"nothing written to {out}{nothing}")
         return 1
     items = build.finalize(out)
     print(f"{out} now holds {len(items)} images; index.jsonl and LICENSE.md rewritten")
@@ -126,13 +126,13 @@ def _run_fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
     try:
         sources.fetch_sources(args.sources, all_sets=args.all_sets)
     except RuntimeError as e:  # npm missing
-        print(f"mmdata corpus: {e}", file=sys.stderr)
+        print_error("corpus", e)
         return 2
     except subprocess.CalledProcessError as e:
-        print(
-            f"mmdata corpus: npm install failed (exit status {e.returncode}); its output is above. "
+        print_error(
+            "corpus",
+            f"npm install failed (exit status {e.returncode}); its output is above. "
             "It needs the npm registry (network).",
-            file=sys.stderr,
         )
         return 1
     print(f"installed into {args.sources}: {' '.join(sources.pinned_packages(args.all_sets))}")
@@ -141,10 +141,10 @@ def _run_fetch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 def _run_emoji(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.min_styles is not None and args.min_styles > len(args.sets):
-        print(
-            f"mmdata corpus: --min-styles {args.min_styles} is more than the {len(args.sets)} "
+        print_error(
+            "corpus",
+            f"--min-styles {args.min_styles} is more than the {len(args.sets)} "
             f"set(s) of --sets ({','.join(args.sets)})",
-            file=sys.stderr,
         )
         return 2
     min_styles = args.min_styles if args.min_styles is not None else DEFAULT_MIN_STYLES
@@ -196,7 +196,7 @@ def _run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
     out: Path = args.out
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
-            print(f"mmdata corpus: {out} is not empty; pass --overwrite", file=sys.stderr)
+            print_error("corpus", f"{out} is not empty; pass --overwrite")
             return 2
         build.clear_outputs(out)
     report = sample.build_sample(args.sources, out)
@@ -209,12 +209,12 @@ def _guard(func):
 
     def run(args: argparse.Namespace, beam_args: list[str]) -> int:
         if problem := _check_out(args.out):
-            print(f"mmdata corpus: {problem}", file=sys.stderr)
+            print_error("corpus", problem)
             return 2
         try:
             return func(args, beam_args)
         except sources.SourcesNotFoundError as e:
-            print(f"mmdata corpus: {e}", file=sys.stderr)
+            print_error("corpus", e)
             return 2
 
     return run

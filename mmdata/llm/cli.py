@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmdata.core.tasks import TASKS, get_task
+from mmdata.errors import describe_os_error, os_error_reason, print_error
 from mmdata.flags import accept_underscores
 from mmdata.llm import store
 from mmdata.llm.prompts import Sampling
@@ -124,7 +125,7 @@ def _writes_templates(cmd: Callable[[argparse.Namespace, list[str]], int]) -> Ca
             with _template_locks(tasks, args.templates_dir):
                 return cmd(args, beam_args)
         except store.TemplateFileBusy as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error("templates", e)
             return 2
 
     return run
@@ -167,7 +168,7 @@ def read_api_key_file(path: str | Path) -> str:
     except OSError as e:
         raise EndpointSettingsError(
             f"cannot read the API key file {str(path)!r} given with --api-key-file: "
-            f"{e.strerror or type(e).__name__}"
+            f"{os_error_reason(e)}"
         ) from None
     except UnicodeDecodeError:
         raise EndpointSettingsError(
@@ -326,7 +327,7 @@ def cmd_generate(args: argparse.Namespace, beam_args: list[str]) -> int:
         with resolve_endpoint(args) as ep, _redacting_logs(ep.config):
             return _generate_at(args, tasks, ep, cache, sampling)
     except EndpointSettingsError as e:  # a usage error, as argparse's: exit 2
-        print(f"error: {e}", file=sys.stderr)
+        print_error("templates", e)
         return 2
     except KeyboardInterrupt:  # Ctrl-C outside the check and the generation loop (say: validating)
         print(
@@ -350,7 +351,7 @@ def _generate_at(
     try:
         client.check_model()
     except LLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error("templates", e)
         return 2
     except KeyboardInterrupt:
         print(
@@ -365,17 +366,17 @@ def _generate_at(
     try:
         cache.check_writable()
     except OSError as e:
-        print(
-            f"error: the response cache {cache.directory} cannot be written ({e}); pass "
-            "--cache-dir DIR (or set MMDATA_LLM_CACHE) to a writable folder, or --no-cache",
-            file=sys.stderr,
+        print_error(
+            "templates",
+            f"the response cache {cache.directory} cannot be written ({describe_os_error(e)}); "
+            "pass --cache-dir DIR (or set MMDATA_LLM_CACHE) to a writable folder, or --no-cache",
         )
         return 2
     try:
         with _template_locks(tasks, args.templates_dir):
             return _generate_tasks(args, tasks, client, sampling)
     except store.TemplateFileBusy as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error("templates", e)
         return 2
 
 
@@ -409,16 +410,12 @@ def _generate_tasks(
             )
             return 130
         except LLMError as e:
-            print(
-                f"error: {e}\n(candidates received so far are saved in {tf.path})",
-                file=sys.stderr,
-            )
+            print_error("templates", f"{e} (candidates received so far are saved in {tf.path})")
             return 2
         print(rep.summary())
         if rep.failed and not rep.responses:
-            print(
-                f"error: every request failed, e.g. {next(iter(rep.failed.values()))}",
-                file=sys.stderr,
+            print_error(
+                "templates", f"every request failed, e.g. {next(iter(rep.failed.values()))}"
             )
             status = 2
             continue  # nothing new to validate or write
@@ -442,7 +439,7 @@ def _no_such_dir(args: argparse.Namespace) -> bool:
     find no templates and pass a check that never looked at any."""
     d = getattr(args, "templates_dir", None)
     if d and not Path(d).is_dir():
-        print(f"error: templates folder {d!r} does not exist", file=sys.stderr)
+        print_error("templates", f"templates folder {d!r} does not exist")
         return True
     return False
 
@@ -481,7 +478,7 @@ def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.decisions:
         data = review.load_decisions(args.decisions)
         if data.get("task", args.task) != args.task:
-            print(f"error: {args.decisions} is for task {data.get('task')!r}", file=sys.stderr)
+            print_error("templates", f"{args.decisions} is for task {data.get('task')!r}")
             return 2
         rep = review.apply_decisions(
             tf,
@@ -494,10 +491,10 @@ def cmd_review(args: argparse.Namespace, beam_args: list[str]) -> int:
         store.save(tf)
     else:
         if not sys.stdin.isatty() and not args.yes_stdin:
-            print(
-                "error: interactive review needs a terminal; pass --decisions FILE "
+            print_error(
+                "templates",
+                "interactive review needs a terminal; pass --decisions FILE "
                 "(or --yes-stdin to read answers from standard input)",
-                file=sys.stderr,
             )
             return 2
         record_path = (

@@ -121,7 +121,7 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     apply_overrides(data, args.set)
     cfg = TrainConfig.from_dict(data)
     if not cfg.data.shards:
-        raise SystemExit("no shards: pass --shards or set data.shards in the config")
+        raise ValueError("no shards: pass --shards or set data.shards in the config")
     resolve_shards(cfg.data.shards)  # a wrong --shards fails here, before the model is built
     result = train(cfg)
     log.info("finished at step %d; checkpoint %s", result.step, result.checkpoint)

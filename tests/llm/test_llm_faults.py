@@ -783,7 +783,9 @@ def test_no_endpoint_configured_is_a_one_line_usage_error(tmp_path, templates_co
     res = run()
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: no LLM endpoint configured"), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        "mmdata templates: error: no LLM endpoint configured"
+    ), lines
     for name in ("--base-url", "--model", "MMDATA_LLM_BASE_URL", "MMDATA_LLM_MODEL"):
         assert name in lines[0]
     assert "MMDATA_LLM_API_KEY" in lines[0] and "--local" in lines[0]
@@ -833,7 +835,7 @@ def test_a_server_that_is_not_openai_compatible_is_refused(
         assert mmdata_main(_generate_args(srv.base_url, templates_copy)) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err
-        assert err.startswith("error: ") and "not an OpenAI models list" in err
+        assert err.startswith("mmdata templates: error: ") and "not an OpenAI models list" in err
         assert not srv.requests  # no generation request was sent
     assert store.task_path("edge2img", templates_copy).read_text() == before
 
@@ -957,7 +959,9 @@ def test_unusable_api_key_file_is_a_one_line_usage_error(
     err = capsys.readouterr().err
     assert rc == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], err
+    assert (
+        len(lines) == 1 and lines[0].startswith("mmdata templates: error: ") and problem in lines[0]
+    ), err
     assert str(path) in lines[0] and "--api-key-file" in lines[0]
     assert "sk-one" not in err and "sk-key" not in err
     assert _tree(tmp_path) == before
