@@ -20,6 +20,7 @@ class CannyParams:
     high: float | None = None
     blur: int = 3  # Gaussian blur kernel before Canny (odd; 0 or 1 = no blur)
     sigma: float = 0.33  # automatic thresholds: (1 -+ sigma) * median
+    background: tuple[int, int, int] = WHITE  # RGB under transparent pixels (RGBA input)
 
     def __post_init__(self) -> None:
         """Reject parameters OpenCV would only fail on once data flows (e.g. an even blur kernel)."""
@@ -70,8 +71,10 @@ def to_grey(image: np.ndarray, background: tuple[int, int, int] = WHITE) -> np.n
 
 
 def canny_edges(image: np.ndarray, params: CannyParams) -> np.ndarray:
-    """uint8 HxW grey (or HxWx3 RGB) -> uint8 HxW edge map (0 or 255)."""
-    grey = to_grey(image)
+    """uint8 HxW grey, HxWx3 RGB or HxWx4 RGBA -> uint8 HxW edge map (0 or 255). Colour images are
+    taken to luma first (`to_grey`, RGBA composited on `params.background`): part of the edge
+    algorithm, as OpenCV's Canny works on one channel."""
+    grey = to_grey(image, params.background)
     if params.blur and params.blur > 1:
         grey = cv2.GaussianBlur(grey, (params.blur, params.blur), 0)
     if params.low is None or params.high is None:
@@ -107,8 +110,7 @@ class CannyEdgeHandler(BatchedModelHandler[np.ndarray, CannyParams]):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.params = CannyParams(low=low, high=high, blur=blur)
-        self.background = background
+        self.params = CannyParams(low=low, high=high, blur=blur, background=tuple(background))
 
     @property
     def model_id(self) -> str:
@@ -117,8 +119,13 @@ class CannyEdgeHandler(BatchedModelHandler[np.ndarray, CannyParams]):
     def _load(self, path: Any) -> CannyParams:
         return self.params
 
+    @property
+    def background(self) -> tuple[int, int, int]:
+        return self.params.background
+
     def prepare(self, example: Any) -> np.ndarray:
-        return to_grey(prepare_image(example, 3), self.background)
+        # the luma conversion (and alpha compositing) is the model's first step, in `forward`
+        return prepare_image(example, 3)
 
     def forward(self, model: CannyParams, items: list[np.ndarray]) -> list[np.ndarray]:
         return [canny_edges(x, model) for x in items]

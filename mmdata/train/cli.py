@@ -124,7 +124,8 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
         raise ValueError("no shards: pass --shards or set data.shards in the config")
     resolve_shards(cfg.data.shards)  # a wrong --shards fails here, before the model is built
     result = train(cfg)
-    log.info("finished at step %d; checkpoint %s", result.step, result.checkpoint)
+    if result.main_process:  # once per run, not once per process
+        log.info("finished at step %d; checkpoint %s", result.step, result.checkpoint)
     return 0
 
 

@@ -205,6 +205,7 @@ class TrainResult:
     losses: list[float]
     checkpoint: Path | None
     context_share: dict[str, float]
+    main_process: bool = True  # False on the other processes of a multi-process run
 
 
 # -- the training function -----------------------------------------------------------------------------
@@ -322,7 +323,10 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     if resume_from is not None:
         model.load_state_dict(ckpt.read_weights(resume_from, "model"))
         ema.load_state_dict(ckpt.read_weights(resume_from, "ema"))
-        opt = torch.load(resume_from / "optimizer.pt", map_location=device, weights_only=True)
+        # torch.load cannot restore onto an indexed CPU device ("cpu:0", what a torchrun CPU run
+        # gets from accelerate): the CPU is the CPU
+        where = torch.device("cpu") if device.type == "cpu" else device
+        opt = torch.load(resume_from / "optimizer.pt", map_location=where, weights_only=True)
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
         apply_resumed_settings(optimizer, scheduler, saved, cfg, report=main)
@@ -418,7 +422,9 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
                     acc, cfg, model, ema, optimizer, scheduler, step, samples_seen, loader
                 )
         bar.close()
-        return TrainResult(step=step, losses=losses, checkpoint=last_ckpt, context_share=share)
+        return TrainResult(
+            step=step, losses=losses, checkpoint=last_ckpt, context_share=share, main_process=main
+        )
     except BaseException as exn:
         if acc.is_main_process and ckpt.latest_checkpoint(out) is None:
             _unmark_failed_run(out, created, exn, step)

@@ -136,8 +136,15 @@ def test_canny_grey_composite_is_the_rounded_alpha_blend(background) -> None:  #
     assert (grey[0] == bg).all() and np.array_equal(grey[1], g[1])
     via_rgb = cv2.cvtColor(to_rgb(rgba, background), cv2.COLOR_RGB2GRAY).astype(int)
     assert np.abs(grey - via_rgb).max() <= 1
+    # the handler runs Canny on exactly that luma (the conversion is the model's first step)
+    from mmdata.models.canny import CannyParams, canny_edges
+
     h = CannyEdgeHandler(background=background)
-    assert np.array_equal(h.prepare(rgba), grey)
+    model = h.load_model()
+    rgb = rgba[:, :, :3]
+    plain = CannyParams()
+    assert np.array_equal(infer((h, model), [rgba])[0].inference, canny_edges(grey, plain))
     assert np.array_equal(
-        h.prepare(rgba[:, :, :3]), cv2.cvtColor(rgba[:, :, :3], cv2.COLOR_RGB2GRAY)
+        infer((h, model), [rgb])[0].inference,
+        canny_edges(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), plain),
     )

@@ -256,3 +256,28 @@ def _loader_without_data(build):
         return loader
 
     return build_loader
+
+
+def test_two_process_cpu_run_resumes(tmp_path: Path, stage1_dir: Path) -> None:
+    """A two-process CPU run (torchrun, gloo) trains, checkpoints and resumes: accelerate gives such
+    a run the device 'cpu:0', which torch.load could not restore the optimizer state onto (the
+    resume crashed on every rank). The end of the run is logged once, not once per process."""
+    import os
+    import subprocess
+    import sys
+
+    def run(steps: int, *extra: str) -> subprocess.CompletedProcess:
+        cfg = tiny_config(tmp_path / "run", stage1_dir, max_steps=steps, checkpoint_every=2)
+        cfg.to_json(tmp_path / f"cfg{steps}.json")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        cmd += ["-m", "mmdata.cli", "train", "--config", str(tmp_path / f"cfg{steps}.json")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    run(2)
+    resumed = run(4, "--resume")
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step_00000004"
+    assert resumed.stderr.count("resuming ") == 1, resumed.stderr[-3000:]
+    assert resumed.stderr.count("finished at step 4") == 1, resumed.stderr[-3000:]
