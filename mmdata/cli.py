@@ -159,6 +159,7 @@ RUNTIME_USER_ERRORS = {
     ("mmdata.train.data", "CorruptDataError"): 1,  # a shard the trainer cannot read
     ("mmdata.llm.store", "TemplateFileBusy"): 1,  # another run holds the templates file
     ("mmdata.llm.client", "LLMError"): 1,  # endpoint unreachable, auth, quota, model not found
+    ("mmdata.llm.server", "LLMServerError"): 1,  # local server not installed, or failed to start
     ("mmdata.errors", "RunnerUnavailableError"): 1,  # runner extra, Java or job jar missing
 }
 

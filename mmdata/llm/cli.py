@@ -575,7 +575,12 @@ def cmd_list(args: argparse.Namespace, beam_args: list[str]) -> int:
 def cmd_server(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.llm import server
 
-    return server.main([args.action] + (["--port", str(args.port)] if args.port else []))
+    argv = [args.action]
+    if args.port:
+        argv += ["--port", str(args.port)]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    return server.main(argv)
 
 
 def _add_common(p: argparse.ArgumentParser, multi_task: bool) -> None:
@@ -709,5 +714,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = sub.add_parser("server", help="start/stop the bundled local LLM server")
     s.add_argument("action", choices=["start", "stop", "status", "run"])
     s.add_argument("--port", type=int, default=None)
+    s.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for generation (default: llama.cpp's, half the cores)",
+    )
     s.set_defaults(func=cmd_server)
     accept_underscores(top)

