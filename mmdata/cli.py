@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _DropImportNoise(logging.Filter):
+class DropImportNoise(logging.Filter):
     """Beam warnings that are expected and tell a user nothing: the optional GCP client is absent (without
     [gcp]); and, relayed from local worker processes, the two start-up warnings every worker logs."""
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropImportNoise())
+        handler.addFilter(DropImportNoise())
     logging.getLogger("apache_beam.io.gcp").setLevel(logging.WARNING)
     # Beam logs one INFO line per string annotation it reads (ours are strings: `from __future__ import
     # annotations`) and treats them as Any; dozens of lines per job that tell a user nothing.
