@@ -36,9 +36,10 @@ format:
 	$(RUN) ruff check --fix mmdata pipelines tests
 	$(RUN) ruff format mmdata pipelines tests
 
-bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 workers; 384 and 768 px images
+bench-ingest:  ## images/s of Beam ingest -> shards vs a plain loop; 1 vs 2 workers; 384 and 768 px; both JPEG checks
 	$(RUN) python -m mmdata.bench.ingest --size 384
 	$(RUN) python -m mmdata.bench.ingest --size 768
+	$(RUN) python -m mmdata.bench.ingest --size 768 --full-jpeg-decode
 
 bench-models:  ## images/s per model backend vs a bare model call
 	$(RUN) python -m mmdata.bench.models

@@ -9,8 +9,10 @@ the client would be built with default options (the provider's public endpoint).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import IO, Any
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -87,18 +89,39 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
-    """Write the whole file (replacing it). Local files are written under a temporary name and renamed;
-    object stores make an object visible only once its upload is complete."""
+@contextlib.contextmanager
+def open_write(path: str, mime_type: str = "application/octet-stream") -> Iterator[IO[bytes]]:
+    """A file to write whole (replacing `path`), visible at `path` only once the block completes.
+
+    Local files are written under a temporary name in the same folder and renamed (`os.replace`) when
+    the block ends; if it raises, the temporary file is removed and `path` is untouched. Object stores
+    make an object visible only once its upload completes.
+    """
+    if not is_local(path):
+        with FileSystems.create(
+            path, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
+        ) as f:
+            yield f
+        return
     import uuid
 
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}" if is_local(path) else path
-    with FileSystems.create(
-        tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED
-    ) as f:
+    # plain open + os.replace: what Beam's local filesystem does, without its layers
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """Write the whole file (replacing it), visible only once complete (see `open_write`)."""
+    with open_write(path, mime_type) as f:
         f.write(data)
-    if tmp != path:
-        FileSystems.rename([tmp], [path])
 
 
 def list_names(folder: str) -> set[str]:

@@ -33,7 +33,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.keys import shard_key, shard_name
-from mmdata.io.paths import join, list_names, open_read, write_bytes
+from mmdata.io.paths import join, list_names, open_read, open_write, write_bytes
 from mmdata.io.sourcebytes import is_local
 from mmdata.io.wds_writer import tarwriter
 
@@ -65,12 +65,15 @@ class ShardItem:
         members: `field.ext` -> bytes (e.g. {"target.png": ..., "ctx1.png": ...}).
         meta: the `<key>.json` member; "key" is added by the writer.
         row: the Parquet sidecar row; "key" and "shard" are added by the writer.
+        digests: sha256 (hex) of members whose hash the producer already computed from exactly
+            those bytes (a checked pair's image), so the content digest does not hash them again.
     """
 
     sort_key: str
     members: dict[str, bytes]
     meta: dict[str, Any] = field(default_factory=dict)
     row: dict[str, Any] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -155,15 +158,34 @@ class _PlanFn(beam.DoFn):
         yield plan_sorted_chunks(chunks, self.maxcount, self.maxsize)
 
 
-def shard_for(sort_key: str, plan: list[tuple[str, int, int]]) -> int:
-    firsts = [p[0] for p in plan]
+def shard_for(
+    sort_key: str, plan: list[tuple[str, int, int]], firsts: list[str] | None = None
+) -> int:
+    """The plan's shard for `sort_key`; `firsts` (every shard's first key, `[p[0] for p in plan]`)
+    saves rebuilding that list per call (a 100 M-sample dataset has ~100 k shards)."""
+    if firsts is None:
+        firsts = [p[0] for p in plan]
     return bisect.bisect_right(firsts, sort_key) - 1
 
 
-def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
-    """The tar bytes of (key, item) samples, deterministic."""
-    buf = io.BytesIO()
-    with tarwriter()(buf, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata") as tw:
+class _AssignFn(beam.DoFn):
+    """item -> (shard index, item); the plan's first keys are listed once per plan, not per item."""
+
+    def __init__(self) -> None:
+        self._firsts: tuple[int, list[str]] | None = None
+
+    def process(self, item: ShardItem, plan: list[tuple[str, int, int]]) -> Iterator[tuple]:
+        if self._firsts is None or self._firsts[0] != id(plan):
+            self._firsts = (id(plan), [p[0] for p in plan])
+        yield shard_for(item.sort_key, plan, self._firsts[1]), item
+
+
+def write_tar(samples: list[tuple[str, ShardItem]], fileobj: IO[bytes]) -> None:
+    """Write the tar of (key, item) samples to `fileobj`, deterministic (streamed: the tar is never
+    held in memory whole)."""
+    with tarwriter()(
+        fileobj, encoder=False, mtime=FIXED_MTIME, user="mmdata", group="mmdata"
+    ) as tw:
         for key, item in samples:
             meta = {**item.meta, "key": key}
             sample: dict[str, Any] = {
@@ -175,7 +197,31 @@ def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
                     raise ValueError(f"bad member field {name!r}")
                 sample[name] = data
             tw.write(sample)
+
+
+def encode_tar(samples: list[tuple[str, ShardItem]]) -> bytes:
+    """The tar bytes of (key, item) samples, deterministic."""
+    buf = io.BytesIO()
+    write_tar(samples, buf)
     return buf.getvalue()
+
+
+class _Hashing:
+    """A write-only file that passes bytes on to `f` and keeps their sha256 and count."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.nbytes = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.nbytes += len(data)
+        self.f.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -187,7 +233,8 @@ def _json_bytes(value: Any) -> bytes:
 def content_digest(samples: list[tuple[str, ShardItem]], shard: str) -> str:
     """sha256 of everything a shard's tar and sidecar rows are made from: for each (key, item) in order,
     the key, sort_key, `<key>.json` meta, sidecar row and each member's name and sha256 (image bytes are
-    hashed, not re-encoded). Equal digests mean the same shard bytes (for one mmdata version)."""
+    hashed, not re-encoded; an item's `digests` stand for the hashes they list). Equal digests mean the
+    same shard bytes (for one mmdata version)."""
     h = hashlib.sha256(CONTENT_VERSION)
     h.update(b"\0" + shard.encode())
     for key, item in samples:
@@ -198,7 +245,8 @@ def content_digest(samples: list[tuple[str, ShardItem]], shard: str) -> str:
             _json_bytes(item.row),
         ]
         for name in sorted(item.members):
-            parts += [name.encode(), hashlib.sha256(item.members[name]).hexdigest().encode()]
+            sha = item.digests.get(name) or hashlib.sha256(item.members[name]).hexdigest()
+            parts += [name.encode(), sha.encode()]
         for part in parts:
             h.update(len(part).to_bytes(8, "big") + part)
         h.update(b"\1")
@@ -223,10 +271,7 @@ def _write_atomic(path: str, data: bytes) -> None:
     write_bytes(path, data)
 
 
-def _parquet_bytes(
-    rows: list[dict[str, Any]], schema: pa.Schema | None, meta: dict[bytes, bytes]
-) -> bytes:
-    table = pa.Table.from_pylist(rows, schema=schema)
+def _parquet_bytes(table: pa.Table, meta: dict[bytes, bytes]) -> bytes:
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
@@ -293,26 +338,30 @@ class _WriteShardFn(beam.DoFn):
             beam.metrics.Metrics.counter("shards", "skipped_complete").inc()
             yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, nbytes, sha, skipped=True)
             return
-        tar = encode_tar(keyed)
-        sha = hashlib.sha256(tar).hexdigest()
         rows = [
             {"key": k, "shard": f"{name}.tar", "sort_key": it.sort_key, **it.row} for k, it in keyed
         ]
-        meta = {
-            META_SHA: sha.encode(),
-            META_BYTES: str(len(tar)).encode(),
-            META_CONTENT: digest.encode(),
-        }
-        pq_bytes = _parquet_bytes(rows, self.schema, meta)
+        table = pa.Table.from_pylist(rows, schema=self.schema)  # rows that do not fit fail here,
+        # before anything on disk changes
         if FileSystems.exists(
             pq_path
         ):  # stale sidecar first: an old .parquet must never vouch for a new tar
             FileSystems.delete([pq_path])
-        _write_atomic(tar_path, tar)
-        _write_atomic(pq_path, pq_bytes)
+        # the tar is streamed to its temporary name (hashed on the way), not built in memory first: a
+        # 512 MB shard would otherwise need twice its size again while it is written
+        with open_write(tar_path) as f:
+            out = _Hashing(f)
+            write_tar(keyed, out)
+        sha, nbytes = out.sha.hexdigest(), out.nbytes
+        meta = {
+            META_SHA: sha.encode(),
+            META_BYTES: str(nbytes).encode(),
+            META_CONTENT: digest.encode(),
+        }
+        _write_atomic(pq_path, _parquet_bytes(table, meta))
         beam.metrics.Metrics.counter("shards", "written").inc()
         beam.metrics.Metrics.counter("shards", "samples").inc(count)
-        yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, len(tar), sha)
+        yield ShardInfo(f"{name}.tar", f"{name}.parquet", count, nbytes, sha)
 
 
 class WriteShards(beam.PTransform):
@@ -361,7 +410,7 @@ class WriteShards(beam.PTransform):
         plan_side = beam.pvalue.AsSingleton(plan)
         return (
             items
-            | "Assign" >> beam.Map(lambda it, p: (shard_for(it.sort_key, p), it), plan_side)
+            | "Assign" >> beam.ParDo(_AssignFn(), plan_side)
             | "GroupShard" >> beam.GroupByKey()
             | "Write"
             >> beam.ParDo(_WriteShardFn(self.output, self.schema, self.overwrite), plan_side)

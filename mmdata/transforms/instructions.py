@@ -56,6 +56,7 @@ def sample_to_item(s: InstructionSample) -> ShardItem:
     import hashlib
 
     members = s.members()
+    target_sha = hashlib.sha256(s.target).hexdigest()
     meta = s.to_json(key="")
     meta.pop("key")
     row = {
@@ -71,9 +72,15 @@ def sample_to_item(s: InstructionSample) -> ShardItem:
         "target_height": s.target_height,
         "source_keys": list(s.source_keys),
         "bytes": sum(len(v) for v in members.values()),
-        "sha256": hashlib.sha256(s.target).hexdigest(),
+        "sha256": target_sha,
     }
-    return ShardItem(sort_key=s.sample_id, members=members, meta=meta, row=row)
+    return ShardItem(
+        sort_key=s.sample_id,
+        members=members,
+        meta=meta,
+        row=row,
+        digests={f"target.{ext_for(s.target_format)}": target_sha},
+    )
 
 
 def pair_to_item(p: ImageTextPair) -> ShardItem:
@@ -96,8 +103,16 @@ def pair_to_item(p: ImageTextPair) -> ShardItem:
         "url": p.url,
         "metadata_json": json.dumps(p.metadata, sort_keys=True, default=str),
     }
-    members = {ext_for(p.format): p.image, "txt": p.caption.encode("utf-8")}
-    return ShardItem(sort_key=stable_hash("pair", p.key), members=members, meta=meta, row=row)
+    ext = ext_for(p.format)
+    members = {ext: p.image, "txt": p.caption.encode("utf-8")}
+    # p.sha256 is the hash of exactly p.image (decode_image computes it from the bytes it keeps)
+    return ShardItem(
+        sort_key=stable_hash("pair", p.key),
+        members=members,
+        meta=meta,
+        row=row,
+        digests={ext: p.sha256},
+    )
 
 
 class BuildTxt2Img(beam.PTransform):
