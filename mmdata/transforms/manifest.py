@@ -1,9 +1,9 @@
-"""The last step of every job: rejects.parquet, stale-shard cleanup and manifest.json."""
+"""The last step of every job: rejects.parquet (streamed a key-hash group at a time), stale-shard cleanup
+and manifest.json."""
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import platform
@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.core.jsonvalues import json_safe
+from mmdata.core.keys import stable_hash
+from mmdata.io.paths import open_write
 from mmdata.io.shards import _write_atomic
 from mmdata.transforms.stage import summarize_tallies
 
@@ -101,6 +103,42 @@ def check_accounting(counts: dict[str, dict[str, Any]], chain: list[str]) -> Non
             )
 
 
+# rejects.parquet is written a group of rows at a time: groups are (stage, first REJECT_PREFIX hex
+# characters of a hash of the key), 256 per stage, walked in order; rows are sorted within a group.
+REJECT_PREFIX = 2
+REJECT_ROW_GROUP = 65536  # rows per Parquet row group (flushed when a group boundary passes it)
+
+
+def reject_group(r: Any) -> tuple[str, str]:
+    """The write group of a Reject: its stage and a prefix of a stable hash of its key."""
+    return r.stage, stable_hash("reject", r.key)[:REJECT_PREFIX]
+
+
+def _reject_order(row: dict[str, Any]) -> tuple:
+    return (row["key"], row["reason"], row["source"], row["detail"] or "")
+
+
+def write_rejects(path: str, groups: dict[tuple[str, str], int], by_group: Any) -> int:
+    """Stream the rejects to `path` (one Parquet file, visible once complete) a group at a time, in
+    (stage, group, key, reason, source, detail) order; `by_group[g]` are group g's rows. Only one
+    group's rows and one row group are held at a time. Returns the number of rows written."""
+    n = 0
+    with open_write(path) as f, pq.ParquetWriter(f, REJECT_SCHEMA, compression="zstd") as w:
+        pending: list[dict[str, Any]] = []
+        for g in sorted(groups):
+            rows = sorted(by_group[g], key=_reject_order)
+            if len(rows) != groups[g]:
+                raise AccountingError(f"rejects group {g}: counted {groups[g]}, got {len(rows)}")
+            pending += rows
+            n += len(rows)
+            if len(pending) >= REJECT_ROW_GROUP:
+                w.write_table(pa.Table.from_pylist(pending, schema=REJECT_SCHEMA))
+                pending = []
+        if pending or not n:  # an empty file still holds the schema (and one empty row group)
+            w.write_table(pa.Table.from_pylist(pending, schema=REJECT_SCHEMA))
+    return n
+
+
 _WRITER_NAME = re.compile(r"\d{5,}\.(tar|parquet)|.+\.tmp-[0-9a-f]{32}")
 
 
@@ -123,7 +161,7 @@ class _FinalizeFn(beam.DoFn):
         self.mixture = mixture
         self.notes = notes
 
-    def process(self, _, counts, shards, rejects, tasks):
+    def process(self, _, counts, shards, reject_groups, rejects, tasks):
         counts_d = summarize_tallies(counts)
         for stage in self.chain:  # a stage that got no records still accounts for them: zeros
             counts_d.setdefault(stage, {"input": 0, "kept": 0, "rejected": {}})
@@ -140,13 +178,7 @@ class _FinalizeFn(beam.DoFn):
             raise AccountingError(
                 f"stage {self.chain[-1]} kept {last} records but the shards hold {samples} samples"
             )
-        rows = sorted(
-            (r.to_dict() for r in rejects),
-            key=lambda r: (r["stage"], r["key"], r["reason"], r["source"]),
-        )
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf, compression="zstd")
-        _write_atomic(f"{self.output}/rejects.parquet", buf.getvalue())
+        n_rejects = write_rejects(f"{self.output}/rejects.parquet", reject_groups, rejects)
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
         skipped = sum(s.skipped for s in shards)
         log.info(
@@ -176,7 +208,7 @@ class _FinalizeFn(beam.DoFn):
             "shards": [s.to_manifest() for s in shards],
             "tasks": task_counts,
             "mixture": mixture,
-            "totals": {"samples": samples, "rejects": len(rows)},
+            "totals": {"samples": samples, "rejects": n_rejects},
             "notes": self.notes,
         }
         # strict JSON: a NaN in the config or counts would be a bare `NaN` no other parser reads
@@ -228,6 +260,10 @@ class WriteManifest(beam.PTransform):
         tallies, shards, rejects, tasks = inputs
         # ((stage, tag), n) pairs, summed per tag here and per stage in _FinalizeFn
         counts = tallies | "Tally" >> beam.CombinePerKey(sum)
+        # Rejects reach the one finalizing worker grouped (a multimap side input read a group at a
+        # time), not as one list: a web crawl's failed downloads can be a third of its rows.
+        keyed = rejects | "RejectGroup" >> beam.Map(lambda r: (reject_group(r), r.to_dict()))
+        groups = keyed | "RejectGroups" >> beam.combiners.Count.PerKey()
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])
@@ -236,7 +272,8 @@ class WriteManifest(beam.PTransform):
                 _FinalizeFn(*self.args),
                 beam.pvalue.AsList(counts),
                 beam.pvalue.AsList(shards),
-                beam.pvalue.AsList(rejects),
+                beam.pvalue.AsDict(groups),
+                beam.pvalue.AsMultiMap(keyed),
                 beam.pvalue.AsList(tasks),
             )
         )

@@ -428,8 +428,8 @@ def test_manifest_refuses_counts_that_do_not_match_the_shards(tmp_path):
     fin = _FinalizeFn(str(tmp_path), "ingest", {}, ["ingest", "unique_keys"], {}, [])
     shard = ShardInfo("00000.tar", "00000.parquet", 3, 100, "0" * 64)
     with pytest.raises(AccountingError, match="kept 0 records but the shards hold 3"):
-        list(fin.process(None, [], [shard], [], [("pair", 3)]))
+        list(fin.process(None, [], [shard], {}, {}, [("pair", 3)]))
     counts = [(("ingest", "input"), 3), (("ingest", "kept"), 3)]
     counts += [(("unique_keys", "input"), 3), (("unique_keys", "kept"), 3)]
-    (manifest,) = list(fin.process(None, counts, [shard], [], [("pair", 3)]))
+    (manifest,) = list(fin.process(None, counts, [shard], {}, {}, [("pair", 3)]))
     assert manifest["totals"]["samples"] == 3
