@@ -29,8 +29,10 @@ def slug_key(path: str) -> str:
 
 
 def stable_hash(*parts: str, n: int = 32) -> str:
-    """Hex digest (n chars) of the parts joined by NUL: same inputs, same value, on every machine."""
-    h = hashlib.sha256("\x00".join(parts).encode("utf-8")).hexdigest()
+    """Hex digest (n chars) of the parts joined by NUL: same inputs, same value, on every machine.
+    Text that is not valid Unicode (a non-UTF-8 file name, read with its bytes as lone surrogates)
+    hashes too (`surrogatepass`); valid text hashes as its UTF-8."""
+    h = hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
     return h[:n]
 
 

@@ -30,7 +30,7 @@ import os
 import posixpath
 import tarfile
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -38,7 +38,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from mmdata.config import IngestConfig
-from mmdata.core.jsonvalues import json_safe
+from mmdata.core.jsonvalues import json_safe, printable
 from mmdata.core.keys import slug, slug_key, stable_hash
 from mmdata.io import paths
 from mmdata.io.sourcebytes import SourceBytes, file_stamp, is_local
@@ -125,8 +125,11 @@ class _FolderGroupFn(beam.DoFn):
         self.root = root.rstrip("/")
         self.cfg = cfg
 
-    def process(self, element: tuple[str, list[tuple[str, str, int]]]) -> Iterator[RawRecord]:
-        stem, files = element
+    def process(
+        self, element: tuple[str | bytes, list[tuple[str | bytes, str | bytes, int]]]
+    ) -> Iterator[RawRecord]:
+        stem = _unwire(element[0])
+        files = [(_unwire(ext), _unwire(path), size) for ext, path, size in element[1]]
         rel_stem = stem[len(self.root) :].lstrip("/")
         by_ext = {}
         for ext, path, size in sorted(files):
@@ -238,11 +241,15 @@ def source_base(root: str, pattern: str) -> str:
 
 def relative_source(rec: RawRecord, base: str) -> RawRecord:
     """`rec` with its `source` relative to `base` (unchanged if it does not lie under it: a file a
-    manifest row names outside the manifest's folder keeps its full path)."""
+    manifest row names outside the manifest's folder keeps its full path). The source and the error
+    detail are made `printable`: a file name that is not UTF-8 shows its bytes as `\\xNN` (the
+    record's bytes were read through the real name already)."""
     prefix = base.rstrip("/") + "/"
-    if not rec.source.startswith(prefix):
+    source = rec.source[len(prefix) :] if rec.source.startswith(prefix) else rec.source
+    error = rec.error and (rec.error[0], printable(rec.error[1]))
+    if source == rec.source and printable(source) == source and error == rec.error:
         return rec
-    return dataclasses.replace(rec, source=rec.source[len(prefix) :])
+    return dataclasses.replace(rec, source=printable(source), error=error)
 
 
 def _list_local(root: str, warn: bool = True) -> Iterator[tuple[str, int | None]]:
@@ -342,24 +349,42 @@ def check_folder_has_images(root: str) -> None:
     raise ValueError(f"input folder {root!r} holds no images ({exts}) anywhere under it: {found}")
 
 
+def _wire(name: str) -> str | bytes:
+    """A file name as it can cross a Beam shuffle: a name that is not UTF-8 (Python reads it with
+    its bytes as lone surrogates, which Beam's coder refuses to encode) travels as its bytes."""
+    return os.fsencode(name) if printable(name) != name else name
+
+
+def _unwire(name: str | bytes) -> str:
+    return os.fsdecode(name) if isinstance(name, bytes) else name
+
+
+def _list_wired(root: str) -> Iterator[tuple[str | bytes, int | None]]:
+    for path, size in _list_local(root):
+        yield _wire(path), size
+
+
 class ReadFolder(_Source):
     """Image files under the folder `pattern` (recursively) with their sidecar captions."""
 
     def read(self, pbegin):
         root = self.root
 
-        def keyed(entry: tuple[str, int | None]) -> Iterator[tuple[str, tuple[str, str, int]]]:
+        def keyed(
+            entry: tuple[str | bytes, int | None],
+        ) -> Iterator[tuple[str | bytes, tuple[str | bytes, str | bytes, int]]]:
             path, size = entry
+            path = _unwire(path)
             rel = path[len(root) :].lstrip("/")
             # hidden files, everything under hidden folders, documentation. (A comment after a bare
             # `return` makes Beam warn that the function both yields and returns.)
             if _skipped_in_folder(rel):
                 return
             stem, ext = _split_ext(path)
-            yield stem, (ext, path, size)
+            yield _wire(stem), (_wire(ext), _wire(path), size)
 
         if is_local(root):
-            listed = pbegin | "Root" >> beam.Create([root]) | "List" >> beam.FlatMap(_list_local)
+            listed = pbegin | "Root" >> beam.Create([root]) | "List" >> beam.FlatMap(_list_wired)
         else:
             listed = (
                 pbegin
@@ -472,23 +497,51 @@ def _csv_place(index: int) -> str:
     return f"row {index + 2} (the header is row 1)"
 
 
-def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list[_Row], list[str]]:
+def _table_rows(table: Any) -> list[dict[str, Any]]:
+    """A pyarrow table's rows as dicts. A column Python has no value for (a nanosecond timestamp or
+    duration that is not a whole microsecond: `datetime` stops at microseconds) is read as its text,
+    `2024-01-01 10:00:00.123456789`, instead of failing the whole file."""
+    import pyarrow as pa
+
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            columns[name] = column.to_pylist()
+        except (ValueError, pa.ArrowException):
+            columns[name] = column.cast(pa.string()).to_pylist()
+    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
+def _csv_rows(
+    path: str, ext: str, data: bytes, text_columns: tuple[str, ...] = ()
+) -> tuple[list[_Row], list[str]]:
     """CSV/TSV rows and columns; a row with the wrong number of fields (bad quoting) is a bad row.
     Every data row keeps its position after the header (pyarrow numbers the records it skips, the
     header being record 1; the rows it reads fill the other positions in order), so a bad row does not
-    move the index, and so the key, of the rows after it."""
+    move the index, and so the key, of the rows after it.
+
+    `text_columns` (path, caption, key) are read as text as written: type inference would make a
+    caption `2001` a number (a `caption_not_text` reject) and a key `007` the key `7`. Other columns
+    are typed by pyarrow's inference (numbers, booleans, timestamps)."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    bad: list = []
-    table = pacsv.read_csv(io.BytesIO(data), parse_options=_csv_options(ext, bad))
-    if bad:  # threaded parsing does not number rows: read again on one thread for row numbers
-        bad = []
-        table = pacsv.read_csv(
+    def read(bad: list, threads: bool) -> Any:
+        return pacsv.read_csv(
             io.BytesIO(data),
             parse_options=_csv_options(ext, bad),
-            read_options=pacsv.ReadOptions(use_threads=False),
+            read_options=pacsv.ReadOptions(use_threads=threads),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(text_columns, pa.string())
+            ),
         )
-    good = table.to_pylist()
+
+    bad: list = []
+    table = read(bad, True)
+    if bad:  # threaded parsing does not number rows: read again on one thread for row numbers
+        bad = []
+        table = read(bad, False)
+    good = _table_rows(table)
     if all(b.number for b in bad):
         bad_at = [b.number - 2 for b in bad]  # 0-based after the header
     else:  # not numbered (not seen with one thread): after the rows read
@@ -511,10 +564,13 @@ def _csv_rows(path: str, ext: str, data: bytes) -> tuple[list[_Row], list[str]]:
     return rows, table.column_names
 
 
-def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
+def _parse_manifest(
+    path: str, data: bytes, text_columns: tuple[str, ...] = ()
+) -> tuple[list, list[str] | None]:
     """(rows, columns) of a manifest file's bytes: rows are `_Row`s (index, place, row or None,
     bad-row detail); columns are the file's (Parquet, CSV), or None where they are the rows' keys
-    (JSON). Raises on a file that cannot be parsed at all."""
+    (JSON); `text_columns` of a CSV are read as text (see `_csv_rows`). Raises on a file that cannot
+    be parsed at all."""
     import pyarrow.parquet as pq
 
     ext = _split_ext(path)[1]
@@ -525,10 +581,10 @@ def _parse_manifest(path: str, data: bytes) -> tuple[list, list[str] | None]:
         return _json_document_rows(path, data), None
     if ext == "parquet":
         table = pq.read_table(io.BytesIO(data))
-        rows = [(i, f"row {i + 1}", row, "") for i, row in enumerate(table.to_pylist())]
+        rows = [(i, f"row {i + 1}", row, "") for i, row in enumerate(_table_rows(table))]
         return rows, table.column_names
     if ext in ("csv", "tsv"):
-        return _csv_rows(path, ext, data)
+        return _csv_rows(path, ext, data, text_columns)
     raise ManifestError(
         f"{path}: not a manifest format (.{ext}); use .parquet, .csv, .tsv, .jsonl or .json"
     )
@@ -567,7 +623,17 @@ def _manifest_error(path: str, e: Exception) -> str:
     return f"{path}: not a readable {kind} file ({type(e).__name__}: {msg})"
 
 
-_Item = tuple[str, _Ref, str, dict[str, Any] | None, tuple[str, str] | None]
+class _Item(NamedTuple):
+    """(manifest, index, place, row, error) of one manifest row. A NamedTuple, not a tuple: Beam's
+    default coder pickles it, while it would encode a tuple's strings as strict UTF-8, and JSON text
+    may escape a lone surrogate (`"\\ud83d"`, half an emoji cut by a crawler), which must reach the
+    caption rules and the metadata's strict-JSON rule instead of failing the job."""
+
+    manifest: str
+    index: _Ref
+    place: str
+    row: dict[str, Any] | None
+    error: tuple[str, str] | None
 
 
 def _manifest_items(path: str, cfg: IngestConfig) -> Iterator[_Item]:
@@ -577,7 +643,8 @@ def _manifest_items(path: str, cfg: IngestConfig) -> Iterator[_Item]:
     try:
         with FileSystems.open(path) as f:
             data = f.read()
-        rows, columns = _parse_manifest(path, data)
+        text = (cfg.path_field, cfg.caption_field, cfg.key_field)
+        rows, columns = _parse_manifest(path, data, text)
         if columns is None:
             columns = _row_columns(rows)
             check = bool(columns)  # no row parsed: the bad rows say why, not a missing column
@@ -586,10 +653,10 @@ def _manifest_items(path: str, cfg: IngestConfig) -> Iterator[_Item]:
         if check and (problem := _missing_columns(path, columns, cfg)):
             raise ManifestError(problem)
     except Exception as e:  # noqa: BLE001 - an unusable manifest is a reject, the glob goes on
-        yield path, None, "", None, ("bad_manifest", _manifest_error(path, e))
+        yield _Item(path, None, "", None, ("bad_manifest", _manifest_error(path, e)))
         return
     for index, place, row, err in rows:
-        yield path, index, place, row, None if row is not None else ("bad_manifest_row", err)
+        yield _Item(path, index, place, row, None if row is not None else ("bad_manifest_row", err))
 
 
 def _manifest_problem(path: str, cfg: IngestConfig) -> str | None:
@@ -747,7 +814,8 @@ class _ManifestRowFn(beam.DoFn):
             why = f"{manifest} {place}: {cfg.caption_field!r} is a {kind}, not text"
             yield record(None, ("caption_not_text", why))
             return
-        metadata["path"] = path  # as the row wrote it (a relative one is not made a full path here)
+        # as the row wrote it (a relative one is not made a full path here)
+        metadata["path"] = printable(path)
         if is_local(path) and not path.startswith("/"):
             path = FileSystems.join(posixpath.dirname(manifest), path)
         try:
@@ -799,7 +867,7 @@ class _TarFn(beam.DoFn):
             return {}
         with FileSystems.open(pq_path) as f:
             table = pq.read_table(io.BytesIO(f.read()))
-        return {str(r.get("key")): r for r in table.to_pylist() if r.get("key") is not None}
+        return {str(r.get("key")): r for r in _table_rows(table) if r.get("key") is not None}
 
     def process(self, meta) -> Iterator[RawRecord]:
         tar_path = meta.path

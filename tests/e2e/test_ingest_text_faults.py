@@ -1,0 +1,159 @@
+"""Text that is not clean Unicode, and typed manifest columns, met on web data: each is read or is a
+recorded reject, never a failed job (lone surrogates in JSON manifests, non-UTF-8 file names in
+folders and tars, nanosecond timestamps, CSV cells that look like numbers)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import imagegen
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from mmdata.config import IngestJobConfig
+from mmdata.core.jsonvalues import json_safe, printable, valid_text
+from mmdata.core.keys import slug
+from pipelines import ingest
+
+
+def _run(inp: Path | str, out: Path) -> tuple[dict, list[dict], list[dict]]:
+    """Run ingest; (manifest, rejects, samples' json) with the accounting checked."""
+    ingest.run(IngestJobConfig(input=str(inp), output=str(out)))
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    for stage, c in m["counts"].items():
+        assert c["input"] == c["kept"] + sum(c["rejected"].values()), stage
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    assert len(rejects) == m["totals"]["rejects"]
+    samples = []
+    for shard in sorted(out.glob("*.tar")):
+        for s in wds.WebDataset(str(shard), shardshuffle=False):
+            # strict UTF-8: a lone surrogate written as a JSON escape would fail here
+            samples.append(json.loads(s["json"].decode("utf-8")))
+            json.dumps(samples[-1], ensure_ascii=False).encode("utf-8")
+        pq.read_table(shard.with_suffix(".parquet"))  # sidecar rows are valid UTF-8 too
+    assert len(samples) == m["totals"]["samples"]
+    return m, rejects, samples
+
+
+def test_text_helpers():
+    assert valid_text("fine ok") == "fine ok"
+    assert valid_text("cut \ud83d emoji") == "cut \ufffd emoji"
+    assert valid_text("\ud83d\ude00") == "\U0001f600"  # a pair written as two code points
+    assert printable("caf\udce9.png") == "caf\\xe9.png"  # a latin-1 file name's byte
+    assert printable("a\ud83d") == "a\\ud83d"
+    assert printable("été") == "été"
+    assert json_safe({"k\udc00": ["v\ud800", 1]}) == {"k\ufffd": ["v\ufffd", 1]}
+    assert slug("caf\udce9") != slug("café")  # distinct names keep distinct keys
+    assert slug("caf\udce9") == slug("caf\udce9")
+
+
+def test_json_manifest_with_lone_surrogates(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "i0.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    (src / "i1.png").write_bytes(imagegen.encode(imagegen.photo("rocket")))
+    # JSON escapes as a crawler writes them: half an emoji cut off, in a caption and in metadata
+    (src / "m.jsonl").write_text(
+        '{"path": "i0.png", "caption": "a cup of coffee \\ud83d", "title": "x \\udc00 y"}\n'
+        '{"path": "i1.png", "caption": "\\ud83d", "title": "ok"}\n'
+        '{"path": "\\ud83d.png", "caption": "a missing image"}\n',
+        encoding="ascii",
+    )
+    m, rejects, samples = _run(src / "m.jsonl", tmp_path / "out")
+    assert [(s["caption"], s["metadata"]["title"]) for s in samples] == [
+        ("a cup of coffee", "x \ufffd y")
+    ]
+    reasons = sorted(r["reason"] for r in rejects)
+    assert reasons == ["caption_empty", "missing_file"]
+    missing = next(r for r in rejects if r["reason"] == "missing_file")
+    assert "\\ud83d.png" in missing["detail"]
+
+
+def test_non_utf8_file_names_in_a_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    png = imagegen.encode(imagegen.photo("coffee"))
+    raw = os.fsencode(str(src))
+    for name, caption in ((b"caf\xe9", b"a latin-1 named photo"), (b"plain", b"a plain name")):
+        with open(raw + b"/" + name + b".png", "wb") as f:
+            f.write(png)
+        with open(raw + b"/" + name + b".txt", "wb") as f:
+            f.write(caption)
+    with open(raw + b"/orphan\xff.txt", "wb") as f:  # a sidecar without its image
+        f.write(b"lonely")
+    out = tmp_path / "out"
+    m, rejects, samples = _run(src, out)
+    assert sorted(s["caption"] for s in samples) == ["a latin-1 named photo", "a plain name"]
+    latin = next(s for s in samples if s["caption"].startswith("a latin"))
+    assert latin["source"] == "caf\\xe9.png"
+    assert [(r["reason"], r["source"]) for r in rejects] == [("orphan_sidecar", "orphan\\xff.txt")]
+    # the same shards on a rerun into a new folder
+    m2, _, _ = _run(src, tmp_path / "out2")
+    assert [s["sha256"] for s in m["shards"]] == [s["sha256"] for s in m2["shards"]]
+
+
+def test_non_utf8_member_names_in_a_tar(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    png = imagegen.encode(imagegen.photo("rocket"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in (
+            (b"caf\xe9.png", png),
+            (b"caf\xe9.txt", b"a rocket"),
+            (b"ok.png", png),
+            (b"ok.txt", b"another rocket"),
+        ):
+            ti = tarfile.TarInfo(name.decode("utf-8", "surrogateescape"))
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+    (src / "00000.tar").write_bytes(buf.getvalue())
+    m, rejects, samples = _run(src, tmp_path / "out")
+    assert rejects == []
+    # a sample's source names its tar and key; the key of a non-UTF-8 name carries its hash
+    sources = sorted(s["source"] for s in samples)
+    assert sources == ["00000.tar::" + slug("caf\udce9"), "00000.tar::ok"]
+
+
+def test_parquet_nanosecond_timestamps(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "i0.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    table = pa.table(
+        {
+            "path": ["i0.png"],
+            "caption": ["a cup of coffee"],
+            "crawled": pa.array([1_700_000_000_123_456_789], pa.timestamp("ns")),
+            "took": pa.array([1_000_000_001], pa.duration("ns")),
+        }
+    )
+    pq.write_table(table, src / "m.parquet")
+    m, rejects, samples = _run(src / "m.parquet", tmp_path / "out")
+    assert rejects == []
+    meta = samples[0]["metadata"]
+    assert meta["crawled"].startswith("2023-11-14") and meta["crawled"].endswith("123456789")
+    assert "1000000001" in meta["took"]
+
+
+def test_csv_cells_that_look_like_numbers_stay_text(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    (src / "m.csv").write_text(
+        "path,caption,key,crawled_at,score\n"
+        "0.png,2001,007,2024-01-01 10:00:00.123456789,0.5\n"
+        "1.png,1984,0042,2024-01-02 10:00:00.000000001,1\n"
+        "2.png,true,1,2024-01-03 10:00:00,2\n"
+    )
+    m, rejects, samples = _run(src / "m.csv", tmp_path / "out")
+    assert rejects == []
+    got = sorted((s["pair_key"], s["caption"]) for s in samples)
+    assert got == [("0042", "1984"), ("007", "2001"), ("1", "true")]
+    assert samples[0]["metadata"]["crawled_at"].startswith("2024-01-0")
+    assert {s["metadata"]["score"] for s in samples} == {0.5, 1.0, 2.0}
