@@ -99,6 +99,20 @@ def _read_bytes(
     return data, None
 
 
+# A caption sidecar larger than this is refused (a caption is a sentence, not a file's worth of text).
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+def _read_sidecar(path: str, size: int | None) -> tuple[bytes | None, tuple[str, str] | None]:
+    """A caption sidecar's bytes, or a `bad_sidecar` reason naming it (the image is fine; what
+    failed is its caption file: too large, unreadable)."""
+    data, error = _read_bytes(path, size, MAX_SIDECAR_BYTES)
+    if error:
+        name = posixpath.basename(path)
+        return None, ("bad_sidecar", f"caption sidecar {name}: {error[0]}: {error[1]}")
+    return data, None
+
+
 def _compressed(path: str) -> bool:
     return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
 
@@ -160,15 +174,28 @@ class _FolderGroupFn(beam.DoFn):
                         error=("orphan_sidecar", "caption sidecar without an image"),
                     )
             return
+        # a second sidecar of one kind (`a.json` + `a.JSON`) is not read: a reject names it
+        for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
+            for path, _ in by_ext[ext][1:]:
+                yield RawRecord(
+                    key=f"{slug(rel_stem)}_{slug(path.rsplit('.', 1)[-1])}",
+                    source=path,
+                    image=None,
+                    caption=None,
+                    error=(
+                        "duplicate_sidecar",
+                        f"a second .{ext} sidecar of {rel_stem!r}; {by_ext[ext][0][0]!r} was read",
+                    ),
+                )
         caption: Any = None
         metadata: dict[str, Any] = {}
         error: tuple[str, str] | None = None
         if "json" in by_ext:
-            data, error = _read_bytes(by_ext["json"][0][0], by_ext["json"][0][1], 1 << 20)
+            data, error = _read_sidecar(*by_ext["json"][0])
             if data is not None:
                 caption, metadata, error = _parse_sidecar_json(data, self.cfg.caption_field)
         if caption is None and error is None and "txt" in by_ext:
-            caption, error = _read_bytes(by_ext["txt"][0][0], by_ext["txt"][0][1], 1 << 20)
+            caption, error = _read_sidecar(*by_ext["txt"][0])
             if "json" in by_ext:
                 metadata["caption_sidecar"] = "txt"
         elif "json" in by_ext and "txt" in by_ext and error is None:

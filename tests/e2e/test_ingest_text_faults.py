@@ -157,3 +157,27 @@ def test_csv_cells_that_look_like_numbers_stay_text(tmp_path):
     assert got == [("0042", "1984"), ("007", "2001"), ("1", "true")]
     assert samples[0]["metadata"]["crawled_at"].startswith("2024-01-0")
     assert {s["metadata"]["score"] for s in samples} == {0.5, 1.0, 2.0}
+
+
+def test_sidecar_faults_name_the_sidecar(tmp_path):
+    """A sidecar too large to be a caption is `bad_sidecar` naming it (the image is fine), and a second
+    sidecar of one kind (`a.json` + `a.JSON`) is a `duplicate_sidecar` reject, not silently unread."""
+    src = tmp_path / "src"
+    src.mkdir()
+    png = imagegen.encode(imagegen.photo("coffee"))
+    for stem in ("big", "twice"):
+        (src / f"{stem}.png").write_bytes(png)
+    (src / "big.txt").write_bytes(b"x" * ((1 << 20) + 1))
+    (src / "twice.json").write_text('{"caption": "the first sidecar"}')
+    (src / "twice.JSON").write_text('{"caption": "the second sidecar"}')
+    m, rejects, samples = _run(src, tmp_path / "out")
+    got = sorted((r["key"], r["reason"], r["source"]) for r in rejects)
+    assert got == [
+        ("big", "bad_sidecar", "big.png"),
+        ("twice_json", "duplicate_sidecar", "twice.json"),
+    ]
+    big = next(r for r in rejects if r["key"] == "big")
+    assert "big.txt" in big["detail"] and "file_too_large" in big["detail"]
+    # sorted names: 'twice.JSON' is read, 'twice.json' is the second one
+    assert [s["caption"] for s in samples] == ["the second sidecar"]
+    assert m["counts"]["ingest"]["input"] == 3
