@@ -11,7 +11,8 @@ Policy (also in README, "Images"):
   transparency, LA, PA, premultiplied alpha (RGBa, La) and a greyscale or RGB PNG with a transparent colour
   (tRNS) -> RGBA (alpha is kept: it is a free mask); 16-bit (RGB, RGBA and greyscale PNGs included) and
   32-bit integer or float greyscale are rescaled to 8 bits (float in [0, 1] by x255, other floats by their
-  range); animations keep their first frame. A fully opaque alpha channel is dropped (RGB).
+  range); animations keep their first frame (also when later frames are damaged). A fully opaque
+  alpha channel is dropped (RGB).
 - Re-encoding: original bytes are kept when the image is already an 8-bit RGB/RGBA JPEG, PNG or WebP that
   needed no change; everything else is re-encoded as PNG (lossless, deterministic). A re-encoded PNG keeps
   an RGB ICC profile; a profile of another colour space (CMYK, grey) no longer describes the RGB pixels
@@ -107,7 +108,24 @@ def decode_image(
             "decompression_bomb", f"{w}x{h} exceeds {max_pixels} pixels or side {max_side}"
         )
     original_format, original_mode = img.format or "", img.mode
+    # Counting frames reads every frame's header (every IFD of a TIFF) and fails on damage after the
+    # first frame, as any PIL call can on damaged data (TypeError, KeyError, SyntaxError...).
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n_frames = getattr(img, "n_frames", 1)
+    except Exception:  # noqa: BLE001
+        # Later frames damaged: keep the whole first frame (the only one stored), re-encoded.
+        n_frames = 2
+        try:  # the failed seek left PIL on the broken frame: start again from the first
+            img = Image.open(io.BytesIO(data))
+        except Exception as e:  # noqa: BLE001
+            return _decode_error(e)
     reduced = False
+    low: Image.Image | None = None  # low bytes of a colour-keyed 16-bit RGB PNG
+    # Only PIL calls (reading EXIF, draft, load, transpose) are in this try, and any exception from
+    # them is a decode reject: PIL's parsers raise what they hit on damaged data (OSError,
+    # SyntaxError, ValueError, TypeError, KeyError, struct.error...), not a bounded set of types.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -122,6 +140,15 @@ def decode_image(
                     reduced = True
             img.load()
             rotated = ImageOps.exif_transpose(img) if moves else img
+            key = img.info.get("transparency")
+            if (
+                original_format == "PNG"
+                and img.mode == "RGB"
+                and isinstance(key, tuple)
+                and _png_bit_depth(data) == 16
+            ):
+                low = _png_rgb16_low_bytes(data)
+                low = ImageOps.exif_transpose(low) if moves else low
     except Exception as e:  # noqa: BLE001
         return _decode_error(e)
     if reduced:  # RGB, upright, one frame: kept as it is, at the size the header gave
@@ -138,11 +165,13 @@ def decode_image(
         )
     changed = rotated is not img
     img = rotated
+    if low is not None:
+        img, changed = _rgb16_colour_key(img, low, key), True
     try:
         out, mode_changed = normalise_mode(img)
     except Exception as e:  # noqa: BLE001
         return Reason("unsupported_mode", f"mode {original_mode}: {type(e).__name__}: {e}")
-    changed = changed or mode_changed or getattr(img, "n_frames", 1) > 1
+    changed = changed or mode_changed or n_frames > 1
     changed = changed or (original_format == "PNG" and _png_bit_depth(data) == 16)
     if not changed and original_format in KEEP_FORMATS:
         encoded, fmt = data, KEEP_FORMATS[original_format]
@@ -159,6 +188,33 @@ def decode_image(
         original_format=original_format.lower(),
         original_mode=original_mode,
     )
+
+
+def _png_rgb16_low_bytes(data: bytes) -> Image.Image:
+    """The low bytes of a 16-bit RGB PNG's samples, as an RGB image.
+
+    PIL reads such a PNG as 8-bit RGB, the high byte of each sample (its "RGB;16B" unpacker). The
+    same data decoded with the "RGB;16L" unpacker (same 6-byte pixels for the PNG filters and
+    interlacing) takes the other byte of each big-endian sample."""
+    low = Image.open(io.BytesIO(data))
+    if low.mode != "RGB" or any(t.args != "RGB;16B" for t in low.tile):
+        raise ValueError(f"unexpected 16-bit RGB PNG layout {low.mode} {low.tile}")
+    low.tile = [t._replace(args="RGB;16L") for t in low.tile]
+    low.load()
+    return low
+
+
+def _rgb16_colour_key(high: Image.Image, low: Image.Image, key: tuple[int, ...]) -> Image.Image:
+    """RGBA of a 16-bit RGB PNG with a tRNS colour: alpha 0 exactly where the 16-bit samples equal
+    the 16-bit key (PIL would compare its 8-bit pixels with it), RGB the high bytes (as without a
+    key)."""
+    rgb = np.asarray(high)
+    samples = rgb.astype(np.uint16) << 8 | np.asarray(low).astype(np.uint16)
+    keyed = (samples == np.asarray(key, dtype=np.uint16)).all(axis=-1)
+    alpha = np.where(keyed, 0, 255).astype(np.uint8)
+    rgba = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    rgba.info = {k: v for k, v in high.info.items() if k != "transparency"}  # ICC profile
+    return rgba
 
 
 def _encode_png(img: Image.Image) -> bytes:
