@@ -14,6 +14,7 @@ def test_bench_ingest_smoke(tmp_path, capsys):
         assert bench.main([*args, "--workdir", str(tmp_path), *extra]) == 0
         out = capsys.readouterr().out
         kept = [int(k) for k in re.findall(r"\s(\d+) kept in", out)]
-        assert kept == [24] * 4, out  # plain loop, 1 worker, 2 workers (warm, cold)
+        assert kept == [24] * 5, out  # plain loop, Beam floor, 1 worker, 2 workers (warm, cold)
         assert "ratio beam 1 worker / plain loop:" in out and "2 workers / 1 worker:" in out
+        assert "ratio beam floor / plain loop:" in out
         assert ("full-size decode" in out) == bool(extra)
