@@ -4,8 +4,12 @@ Policy (also in README, "Images"):
 - Refused unread: empty files (`empty_file`), files over `max_file_bytes` (`file_too_large`).
 - Refused from the header, before any pixel is decoded: more than `max_pixels` pixels or a side over `max_side`
   (`decompression_bomb`), so a 50k x 50k PNG of a few KB never allocates gigabytes.
-- Not decodable: `not_an_image` (unknown format), `truncated_image` (data ends early), `corrupt_image`
-  (anything else the decoder raises).
+- Not decodable: `not_an_image` (no known image signature), `truncated_image` (data ends early),
+  `corrupt_image` (anything else the decoder raises). Whether data ends early is read from the format's
+  own structure, not from PIL's message (which often names no cause): data whose whole fixed header
+  shows a PNG, JPEG, GIF, WebP, TIFF or BMP signature is an image, and truncated when it stops before
+  its format's end (no PNG IEND, no JPEG EOI after the scan, no GIF trailer, a RIFF/BMP size or a TIFF
+  offset past the end).
 - Normalised on purpose: EXIF orientation applied (values outside 2-8 are invalid and read as upright);
   CMYK, YCbCr, LAB, HSV, palette without transparency, 1-bit and greyscale -> RGB; palette with
   transparency, LA, PA, premultiplied alpha (RGBa, La) and a greyscale or RGB PNG with a transparent colour
@@ -23,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,9 +103,14 @@ def decode_image(
     except Image.DecompressionBombError as e:
         return Reason("decompression_bomb", f"{e} (over PIL's own limit, before ours)")
     except UnidentifiedImageError:
-        return Reason("not_an_image", f"unrecognised image data (starts {data[:8]!r})")
+        fmt = _image_format(data)
+        if fmt is None:
+            return Reason("not_an_image", f"unrecognised image data (starts {data[:8]!r})")
+        # A known signature is an image PIL cannot open: cut short (often inside its header) or damaged.
+        reason = "truncated_image" if _looks_truncated(data) else "corrupt_image"
+        return Reason(reason, f"{fmt} signature, PIL cannot open it ({len(data)} bytes)")
     except Exception as e:  # noqa: BLE001 - any decoder failure is a reject, not a crash
-        return _decode_error(e)
+        return _decode_error(e, data)
     w, h = img.size
     if w <= 0 or h <= 0:
         return Reason("corrupt_image", f"invalid size {w}x{h}")
@@ -120,7 +131,7 @@ def decode_image(
         try:  # the failed seek left PIL on the broken frame: start again from the first
             img = Image.open(io.BytesIO(data))
         except Exception as e:  # noqa: BLE001
-            return _decode_error(e)
+            return _decode_error(e, data)
     reduced = False
     low: Image.Image | None = None  # low bytes of a colour-keyed 16-bit RGB PNG
     # Only PIL calls (reading EXIF, draft, load, transpose) are in this try, and any exception from
@@ -150,7 +161,7 @@ def decode_image(
                 low = _png_rgb16_low_bytes(data)
                 low = ImageOps.exif_transpose(low) if moves else low
     except Exception as e:  # noqa: BLE001
-        return _decode_error(e)
+        return _decode_error(e, data)
     if reduced:  # RGB, upright, one frame: kept as it is, at the size the header gave
         return DecodedImage(
             data=data,
@@ -232,13 +243,166 @@ def _encode_png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _decode_error(e: Exception) -> Reason:
+def _decode_error(e: Exception, data: bytes) -> Reason:
     msg = f"{type(e).__name__}: {e}"
+    # The structure first: PIL reports many cuts without saying so ("decoder error -2", "could not
+    # create decoder object"); its message is the fallback for damage the structure check cannot see.
+    if _looks_truncated(data):
+        return Reason("truncated_image", msg)
     if any(
         t in msg.lower() for t in ("truncated", "broken data stream", "unexpected end", "eoferror")
     ):
         return Reason("truncated_image", msg)
     return Reason("corrupt_image", msg)
+
+
+def _image_format(data: bytes) -> str | None:
+    """The format whose signature starts `data`, or None.
+
+    The format's whole fixed file header must be there, not only its magic (GIF: the 13-byte header
+    with the screen size; BMP: the 14-byte file header, reserved fields zero, as `BM` alone starts text
+    too): a shorter prefix stays `not_an_image`."""
+    if data[:8] == _PNG_SIGNATURE:
+        return "png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 13:
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:
+        return "tiff"
+    if data[:2] == b"BM" and len(data) >= 14 and data[6:10] == b"\x00" * 4:
+        return "bmp"
+    return None
+
+
+def _looks_truncated(data: bytes) -> bool | None:
+    """Whether image data stops before its format says it ends: True (data ends early), False (its
+    end is there: any damage is elsewhere) or None (no known signature, or a structure too damaged to
+    follow). Cheap: it reads headers, markers and length fields, and decodes nothing."""
+    check = _TRUNCATION_CHECKS.get(_image_format(data) or "")
+    if check is None:
+        return None
+    try:
+        return check(data)
+    except (IndexError, struct.error):  # a field read past the last byte: the data stops early
+        return True
+
+
+def _png_truncated(data: bytes) -> bool:
+    # IEND is the last chunk (type and CRC); bytes after it are harmless junk.
+    i = data.rfind(b"IEND", 12)
+    return i < 0 or len(data) < i + 8
+
+
+def _jpeg_truncated(data: bytes) -> bool | None:
+    # Walk the marker segments to the first scan (an EXIF thumbnail's own SOS and EOI sit inside
+    # APP1, skipped), then look for EOI anywhere after it: trailing bytes after EOI are common, and
+    # byte stuffing (FF00) keeps FFD9 out of entropy-coded data.
+    pos = 2
+    while True:
+        if data[pos] != 0xFF:
+            return None  # not a marker: damaged, not short
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return False
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            (length,) = struct.unpack_from(">H", data, pos + 2)
+            if marker == 0xDA:
+                return data.find(b"\xff\xd9", pos + 2 + length) < 0
+            pos += 2 + length
+
+
+def _gif_truncated(data: bytes) -> bool | None:
+    # Walk the blocks to the ";" trailer (PIL decodes a GIF without one, so only a decode failure
+    # gets here); sub-blocks are skipped by their length bytes.
+    def colour_table(flags: int) -> int:
+        return 3 << ((flags & 7) + 1) if flags & 0x80 else 0
+
+    pos = 13 + colour_table(data[10])
+    while True:
+        block = data[pos]
+        if block == 0x3B:
+            return False
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, sub-blocks
+            pos += 10 + colour_table(data[pos + 9]) + 1
+        else:
+            return None
+        while data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+
+
+def _webp_truncated(data: bytes) -> bool:
+    return struct.unpack_from("<I", data, 4)[0] + 8 > len(data)  # RIFF size: all bytes after it
+
+
+def _bmp_truncated(data: bytes) -> bool:
+    size, pixels = struct.unpack_from("<I4xI", data, 2)  # file size, offset of the pixel array
+    return size > len(data) or pixels > len(data)
+
+
+# TIFF field type -> bytes per value (BYTE, ASCII, SHORT, LONG, RATIONAL, signed ones, FLOAT, DOUBLE,
+# IFD, and the 8-byte BigTIFF types).
+_TIFF_TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+}
+_TIFF_TYPE_SIZES.update({16: 8, 17: 8, 18: 8})
+
+
+def _tiff_truncated(data: bytes) -> bool:
+    # The first page only (PIL keeps it when later pages are damaged). Compressed TIFFs written by
+    # PIL (libtiff) put the IFD after the pixel data, so a cut usually loses the IFD itself; otherwise
+    # a value stored outside the IFD (BitsPerSample, JPEGTables...) or a strip or tile may be cut.
+    e = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack_from(e + "I", data, 4)
+    (n,) = struct.unpack_from(e + "H", data, ifd)
+    struct.unpack_from(e + "I", data, ifd + 2 + 12 * n)  # next-IFD offset: the IFD is whole
+    arrays: dict[int, tuple[int, ...]] = {}
+    for i in range(n):
+        entry = ifd + 2 + 12 * i
+        tag, typ, count = struct.unpack_from(e + "HHI", data, entry)
+        size, where = _TIFF_TYPE_SIZES.get(typ, 0) * count, entry + 8
+        if size > 4:  # stored elsewhere, at the offset in the entry
+            (where,) = struct.unpack_from(e + "I", data, where)
+            if where + size > len(data):
+                return True
+        if tag in (273, 279, 324, 325) and typ in (3, 4):  # strip/tile offsets and byte counts
+            arrays[tag] = struct.unpack_from(f"{e}{count}{'H' if typ == 3 else 'I'}", data, where)
+    return any(
+        o + c > len(data)
+        for offsets, counts in ((273, 279), (324, 325))
+        for o, c in zip(arrays.get(offsets, ()), arrays.get(counts, ()), strict=False)
+    )
+
+
+_TRUNCATION_CHECKS: dict[str, Callable[[bytes], bool | None]] = {
+    "png": _png_truncated,
+    "jpeg": _jpeg_truncated,
+    "gif": _gif_truncated,
+    "webp": _webp_truncated,
+    "tiff": _tiff_truncated,
+    "bmp": _bmp_truncated,
+}
 
 
 def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:

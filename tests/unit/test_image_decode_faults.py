@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from mmdata.core.image import DecodedImage, decode_image, load_pixels
+from mmdata.core.image import DecodedImage, _looks_truncated, decode_image, load_pixels
 from mmdata.core.reasons import Reason
 
 DECODE_REASONS = {"not_an_image", "truncated_image", "corrupt_image", "decompression_bomb"}
@@ -235,3 +235,127 @@ def test_damaged_images_are_decode_rejects_never_exceptions() -> None:
     # The fuzz reaches both sides: some damage is harmless (a flip in pixel data), most is rejected.
     seen = set().union(*outcomes.values())
     assert "decoded" in seen and {"truncated_image", "corrupt_image"} <= seen, outcomes
+
+
+def _noise_image(mode: str = "RGB") -> Image.Image:
+    """32x24 of noise: compressed formats keep most of its bytes, so cuts land in pixel data."""
+    rng = np.random.default_rng(5)
+    return Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).convert(mode)
+
+
+def _encode(fmt: str) -> bytes:
+    """One small file per format and writer layout. PIL's compressed TIFFs (libtiff) put the IFD after
+    the pixel data; its uncompressed ones put it first."""
+    kw = {
+        "tiff_lzw": {"compression": "tiff_lzw"},
+        "tiff_deflate": {"compression": "tiff_adobe_deflate"},
+        "tiff_jpeg": {"compression": "jpeg"},
+        "jpeg_progressive": {"progressive": True},
+    }.get(fmt, {})
+    buf = io.BytesIO()
+    _noise_image("P" if fmt == "gif" else "RGB").save(buf, fmt.split("_")[0].upper(), **kw)
+    return buf.getvalue()
+
+
+_CUT_FORMATS = [
+    "png",
+    "jpeg",
+    "jpeg_progressive",
+    "gif",
+    pytest.param("webp", marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP")),
+    "tiff",
+    *(
+        pytest.param(
+            f, marks=pytest.mark.skipif(not features.check("libtiff"), reason="no libtiff")
+        )
+        for f in ("tiff_lzw", "tiff_deflate", "tiff_jpeg")
+    ),
+    "bmp",
+]
+
+
+@pytest.mark.parametrize("fmt", _CUT_FORMATS)
+def test_cut_images_are_truncated(fmt: str) -> None:
+    """A download cut short is `truncated_image` wherever PIL cannot decode it: cut inside the header
+    (PNG, GIF, JPEG and compressed TIFFs were `not_an_image`), in the pixel data (WebP and
+    JPEG-compressed TIFF were `corrupt_image`) or just before the end. Where PIL decodes a cut file
+    anyway (a PNG without its IEND CRC), the result is a usable image."""
+    data = _encode(fmt)
+    n = len(data)
+    cuts = {16, 30, 60, 120, n // 4, n // 2, 3 * n // 4, n - 20, n - 3, n - 1}
+    if fmt.startswith("jpeg"):  # just after each header marker: PIL could not even identify these
+        sos = data.index(b"\xff\xda")
+        cuts |= {
+            i + 2 for i in range(2, sos + 1) if data[i] == 0xFF and data[i + 1] not in (0, 0xFF)
+        }
+    rejected = set()
+    for cut in sorted(cuts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = decode_image(data[:cut])
+            full = decode_image(data[:cut], reduced_jpeg_check=False)
+        if isinstance(out, Reason):
+            assert out.reason == "truncated_image", (fmt, cut, n, out)
+            assert isinstance(full, Reason) and full.reason == out.reason, (fmt, cut, full)
+            rejected.add(cut)
+        else:
+            assert isinstance(out, DecodedImage) and (out.width, out.height) == (32, 24), (fmt, cut)
+            assert load_pixels(out.data).shape[:2] == (24, 32), (fmt, cut)
+    # A cut that loses a quarter of the file or more loses data PIL needs.
+    assert {c for c in cuts if c <= 3 * n // 4} <= rejected, (fmt, n, rejected)
+
+
+def test_jpeg_cut_after_an_embedded_thumbnail_is_truncated() -> None:
+    """An EXIF thumbnail in APP1 holds its own SOS and EOI: a JPEG cut between it and the main scan
+    is still truncated (the marker walk skips APP1 instead of searching the bytes)."""
+    thumb = io.BytesIO()
+    _noise_image().resize((8, 6)).save(thumb, "JPEG")
+    buf = io.BytesIO()
+    _noise_image().save(buf, "JPEG", exif=b"Exif\x00\x00" + thumb.getvalue())
+    data = buf.getvalue()
+    app1_end = data.index(thumb.getvalue()) + len(thumb.getvalue())
+    for cut in (app1_end + 10, data.index(b"\xff\xda", app1_end) + 4):
+        out = decode_image(data[:cut])
+        assert isinstance(out, Reason) and out.reason == "truncated_image", (cut, out)
+
+
+@pytest.mark.parametrize("fmt", _CUT_FORMATS)
+def test_truncation_check_reads_whole_files_as_whole(fmt: str) -> None:
+    """The structure check itself: a whole file, also with junk after its end (common in crawls),
+    is not truncated; the same file cut short is."""
+    data = _encode(fmt)
+    assert _looks_truncated(data) is False, fmt
+    assert _looks_truncated(data + b"\x00junk\r\n" * 8) is False, fmt
+    for cut in (20, len(data) // 2, len(data) - 8):
+        assert _looks_truncated(data[:cut]) is True, (fmt, cut)
+
+
+def test_whole_but_damaged_image_is_corrupt_not_unknown() -> None:
+    """A known signature with a whole but broken structure is an image: `corrupt_image`, neither
+    `not_an_image` nor `truncated_image`."""
+    garbage = bytes(range(256)) * 4
+    png = b"\x89PNG\r\n\x1a\n" + garbage + _chunk(b"IEND", b"")
+    webp = b"RIFF" + struct.pack("<I", 4 + len(garbage)) + b"WEBP" + garbage
+    for data in (png, webp):
+        out = decode_image(data)
+        assert isinstance(out, Reason) and out.reason == "corrupt_image", (data[:12], out)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"hello world, not an image",
+        b"<html><body>404 Not Found</body></html>" * 20,
+        b"RIFF"
+        + struct.pack("<I", 100_000)
+        + b"WAVEfmt "
+        + bytes(200),  # RIFF, but a WAV cut short
+        b"\x00" + np.random.default_rng(6).integers(0, 256, 4000, dtype=np.uint8).tobytes(),
+        b"\x89PNG",  # a signature's first bytes only
+        b"GIF89a" + b"\x00" * 5,  # without the whole 13-byte GIF header
+    ],
+)
+def test_data_without_an_image_signature_is_not_an_image(data: bytes) -> None:
+    out = decode_image(data)
+    assert isinstance(out, Reason) and out.reason == "not_an_image", out
+    assert _looks_truncated(data) is None
