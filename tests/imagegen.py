@@ -184,7 +184,8 @@ def bad_folder(root: Path) -> dict[str, str]:
     (root / "bad_json.json").write_text("{not json")
     (root / "orphan.txt").write_text("a caption without an image")
     (root / "notes.xyz").write_text("unknown file type")
-    # Two paths that slug to the same key: "dup key/a.png" and "dup_key/a.png".
+    # Two paths that slug to the same key, "dup key/a.png" and "dup_key/a.png": both are kept, the
+    # second under the key with its name's hash added (not bad inputs: two images, not one twice).
     for d in ("dup key", "dup_key"):
         (root / d).mkdir(exist_ok=True)
         (root / d / "a.png").write_bytes(encode(photo("rocket", 64)))
@@ -207,7 +208,6 @@ def bad_folder(root: Path) -> dict[str, str]:
         "marker_caption": "caption_has_marker",
         "orphan": "orphan_sidecar",
         "notes": "unsupported_extension",
-        "dup_key_a": "duplicate_key",
     }
 
 

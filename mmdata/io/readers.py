@@ -133,18 +133,34 @@ def _parse_sidecar_json(
 
 
 class _FolderGroupFn(beam.DoFn):
-    """(stem, [(ext, path, size)]) -> RawRecords for one stem of a folder tree."""
+    """(key, [(stem, ext, path, size)]) -> RawRecords for the stems of a folder tree that share a key.
+
+    Keys come from relative paths by `slug`, which maps different names to one key (`a b.png`,
+    `a_b.png`, `a.b.png` and `a/b.png` are all `a_b`); the files are grouped by key, so such stems meet
+    here and keep distinct keys: the first stem in name order keeps the key, each other one gets 8 hex
+    digits of its name's hash (`a_b_<hash>`), instead of all but one becoming duplicate_key rejects."""
 
     def __init__(self, root: str, cfg: IngestConfig):
         self.root = root.rstrip("/")
         self.cfg = cfg
 
     def process(
-        self, element: tuple[str | bytes, list[tuple[str | bytes, str | bytes, int]]]
+        self,
+        element: tuple[str, list[tuple[str | bytes, str | bytes, str | bytes, int]]],
     ) -> Iterator[RawRecord]:
-        stem = _unwire(element[0])
-        files = [(_unwire(ext), _unwire(path), size) for ext, path, size in element[1]]
-        rel_stem = stem[len(self.root) :].lstrip("/")
+        key, entries = element
+        stems: dict[str, list[tuple[str, str, int]]] = {}
+        for stem, ext, path, size in entries:
+            stems.setdefault(_unwire(stem), []).append((_unwire(ext), _unwire(path), size))
+        for n, stem in enumerate(sorted(stems)):
+            rel_stem = stem[len(self.root) :].lstrip("/")
+            stem_key = key if n == 0 else f"{key}_{stable_hash(rel_stem, n=8)}"
+            yield from self._stem_records(rel_stem, stem_key, stems[stem])
+
+    def _stem_records(
+        self, rel_stem: str, stem_key: str, files: list[tuple[str, str, int]]
+    ) -> Iterator[RawRecord]:
+        """The records of one stem's files (its images, sidecars and other files)."""
         by_ext = {}
         for ext, path, size in sorted(files):
             by_ext.setdefault(ext, []).append((path, size))
@@ -152,9 +168,8 @@ class _FolderGroupFn(beam.DoFn):
         others = sorted(e for e in by_ext if e not in IMAGE_EXTS | SIDECAR_EXTS)
         for ext in others:
             for path, _ in by_ext[ext]:
-                rel = path[len(self.root) :].lstrip("/")
                 yield RawRecord(
-                    key=slug_key(rel),
+                    key=stem_key,
                     source=path,
                     image=None,
                     caption=None,
@@ -167,7 +182,7 @@ class _FolderGroupFn(beam.DoFn):
             for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
                 for path, _ in by_ext[ext]:
                     yield RawRecord(
-                        key=slug(rel_stem),
+                        key=stem_key,
                         source=path,
                         image=None,
                         caption=None,
@@ -178,7 +193,7 @@ class _FolderGroupFn(beam.DoFn):
         for ext in sorted(e for e in by_ext if e in SIDECAR_EXTS):
             for path, _ in by_ext[ext][1:]:
                 yield RawRecord(
-                    key=f"{slug(rel_stem)}_{slug(path.rsplit('.', 1)[-1])}",
+                    key=f"{stem_key}_{slug(path.rsplit('.', 1)[-1])}",
                     source=path,
                     image=None,
                     caption=None,
@@ -208,7 +223,7 @@ class _FolderGroupFn(beam.DoFn):
         numbered = [(ext, path, size) for ext in images for path, size in by_ext[ext]]
         for n, (ext, path, size) in enumerate(numbered):
             written = path.rsplit(".", 1)[-1]
-            key = slug(rel_stem) + ("" if n == 0 else f"_{slug(written)}")
+            key = stem_key + ("" if n == 0 else f"_{slug(written)}")
             if n and written != ext:  # a.PNG beside a.png: keep the case apart
                 key += f"_{stable_hash(written, n=4)}"
             if size is None:  # listed, but stat() failed: a broken symlink (see _list_local)
@@ -399,7 +414,7 @@ class ReadFolder(_Source):
 
         def keyed(
             entry: tuple[str | bytes, int | None],
-        ) -> Iterator[tuple[str | bytes, tuple[str | bytes, str | bytes, int]]]:
+        ) -> Iterator[tuple[str, tuple[str | bytes, str | bytes, str | bytes, int]]]:
             path, size = entry
             path = _unwire(path)
             rel = path[len(root) :].lstrip("/")
@@ -408,7 +423,9 @@ class ReadFolder(_Source):
             if _skipped_in_folder(rel):
                 return
             stem, ext = _split_ext(path)
-            yield _wire(stem), (_wire(ext), _wire(path), size)
+            # grouped by the stem's key, so stems that `slug` maps to one key meet (_FolderGroupFn)
+            key = slug(stem[len(root) :].lstrip("/"))
+            yield key, (_wire(stem), _wire(ext), _wire(path), size)
 
         if is_local(root):
             listed = pbegin | "Root" >> beam.Create([root]) | "List" >> beam.FlatMap(_list_wired)
@@ -420,8 +437,8 @@ class ReadFolder(_Source):
             )
         return (
             listed
-            | "ByStem" >> beam.FlatMap(keyed)
-            | "GroupStem" >> beam.GroupByKey()
+            | "ByKey" >> beam.FlatMap(keyed)
+            | "GroupKey" >> beam.GroupByKey()
             | "Records" >> beam.ParDo(_FolderGroupFn(self.root, self.cfg))
         )
 

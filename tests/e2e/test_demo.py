@@ -19,6 +19,7 @@ import pytest
 import webdataset as wds
 
 from mmdata.config import DemoConfig, QualityConfig, ShardConfig
+from mmdata.core.keys import stable_hash
 from pipelines import demo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,17 +96,18 @@ def test_accounting_and_every_bad_input_rejected(corpus, direct_run):
     for key, reason in bad.items():
         assert (key, reason) in rejects, (key, reason)
     n_odd = len(imagegen.odd_mode_images())
-    assert (
-        m["counts"]["ingest"]["input"] == len(good) + n_odd + len(bad) + 1
-    )  # +1: second dup image
-    assert (
-        m["totals"]["samples"] == len(good) + n_odd + 1
-    )  # one of the two "dup key" images is kept
+    # +2: the two images whose names slug to one key ("dup key/a.png", "dup_key/a.png"), both kept
+    assert m["counts"]["ingest"]["input"] == len(good) + n_odd + len(bad) + 2
+    assert m["totals"]["samples"] == len(good) + n_odd + 2
     keys = set()
     for s in wds.WebDataset([str(out / s["name"]) for s in m["shards"]], shardshuffle=False):
         keys.add(json.loads(s["json"])["target"]["source_key"])
     assert {f"odd_{n.rsplit('.', 1)[0]}" for n in imagegen.odd_mode_images()} <= keys
     assert {"good_" + k for k in good} <= keys
+    assert {k for k in keys if k.startswith("bad_dup_key_a")} == {
+        "bad_dup_key_a",
+        f"bad_dup_key_a_{stable_hash('bad/dup_key/a', n=8)}",
+    }
 
 
 def test_rerun_skips_and_overwrite_rebuilds(corpus, direct_run, tmp_path, caplog):

@@ -181,3 +181,26 @@ def test_sidecar_faults_name_the_sidecar(tmp_path):
     # sorted names: 'twice.JSON' is read, 'twice.json' is the second one
     assert [s["caption"] for s in samples] == ["the second sidecar"]
     assert m["counts"]["ingest"]["input"] == 3
+
+
+def test_names_that_slug_to_one_key_keep_distinct_keys(tmp_path):
+    """`a b.png`, `a_b.png`, `a.b.png` and `a/b.png` all slug to `a_b`: each is kept, the first in name
+    order under `a_b`, the others with their name's hash added, not rejected as duplicate keys."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    png = imagegen.encode(imagegen.photo("coffee"))
+    names = ["a b", "a_b", "a.b", "a/b", "other"]
+    for name in names:
+        (src / f"{name}.png").write_bytes(png)
+        (src / f"{name}.txt").write_text(f"the picture named {name}")
+    m, rejects, samples = _run(src, tmp_path / "out")
+    assert rejects == []
+    keys = {s["caption"].removeprefix("the picture named "): s["pair_key"] for s in samples}
+    assert sorted(keys) == sorted(names)
+    assert len(set(keys.values())) == len(names)
+    # the first stem in name order ("a b" < "a.b" < "a/b" < "a_b") keeps the plain key
+    assert keys["a b"] == "a_b" and keys["other"] == "other"
+    assert all(keys[n].startswith("a_b_") and len(keys[n]) == 12 for n in ("a.b", "a/b", "a_b"))
+    # the same keys on a rerun
+    _, _, again = _run(src, tmp_path / "out2")
+    assert sorted(s["pair_key"] for s in again) == sorted(keys.values())
