@@ -278,6 +278,24 @@ def _parquet_bytes(table: pa.Table, meta: dict[bytes, bytes]) -> bytes:
     return buf.getvalue()
 
 
+MANIFEST = "manifest.json"
+
+
+def withdraw_manifest(output: str) -> None:
+    """Remove the dataset's `manifest.json` before the first change to its shards: a run that stops
+    after rewriting some shards (killed, failed) must not leave the previous run's manifest listing
+    shards, sample counts and sha256 that are no longer on disk. The folder stays an mmdata dataset
+    (its `.mmdata-dataset` marker), and the run that completes writes the manifest anew."""
+    path = f"{output.rstrip('/')}/{MANIFEST}"
+    try:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+            log.info("%s: the previous manifest.json was removed before shards change", output)
+    except Exception as e:  # noqa: BLE001 - another worker removed it first
+        if FileSystems.exists(path):
+            raise RuntimeError(f"could not remove {path} before rewriting shards: {e}") from e
+
+
 def read_sidecar(path: str) -> tuple[list[str], dict[bytes, bytes]] | None:
     """(sample_ids in order, key-value metadata) of a shard's parquet, or None if absent/unreadable."""
     if not FileSystems.exists(path):
@@ -295,6 +313,10 @@ class _WriteShardFn(beam.DoFn):
         self.output = output.rstrip("/")
         self.schema = schema
         self.overwrite = overwrite
+        self._withdrawn = False  # this worker removed the old manifest.json (once is enough)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_withdrawn": False}  # per worker, not carried by the pickled DoFn
 
     @staticmethod
     def _complete(
@@ -343,6 +365,9 @@ class _WriteShardFn(beam.DoFn):
         ]
         table = pa.Table.from_pylist(rows, schema=self.schema)  # rows that do not fit fail here,
         # before anything on disk changes
+        if not self._withdrawn:
+            withdraw_manifest(self.output)
+            self._withdrawn = True
         if FileSystems.exists(
             pq_path
         ):  # stale sidecar first: an old .parquet must never vouch for a new tar

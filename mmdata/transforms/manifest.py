@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from mmdata.core.jsonvalues import json_safe
 from mmdata.core.keys import stable_hash
 from mmdata.io.paths import open_write
-from mmdata.io.shards import _write_atomic
+from mmdata.io.shards import _write_atomic, withdraw_manifest
 from mmdata.transforms.stage import summarize_tallies
 
 log = logging.getLogger("mmdata")
@@ -178,6 +178,9 @@ class _FinalizeFn(beam.DoFn):
             raise AccountingError(
                 f"stage {self.chain[-1]} kept {last} records but the shards hold {samples} samples"
             )
+        # rejects.parquet and stale shards change below: the previous manifest goes first (as before
+        # the first shard write), so a run stopped here leaves none that disagrees with the files
+        withdraw_manifest(self.output)
         n_rejects = write_rejects(f"{self.output}/rejects.parquet", reject_groups, rejects)
         self._remove_stale({s.name for s in shards} | {s.parquet for s in shards})
         skipped = sum(s.skipped for s in shards)
