@@ -141,6 +141,11 @@ def _read_manifest(spec: str) -> tuple[str, dict[str, Any]]:
         if not path.is_dir():
             raise ValueError(f"shards {spec!r} is a file but not a .tar shard; {GIVE}")
         if not (path / "manifest.json").is_file():
+            if (path / ".mmdata-dataset").is_file():  # the job's marker: it started, never finished
+                raise FileNotFoundError(
+                    f"dataset {spec!r} is incomplete: the job writing it did not finish (no "
+                    "manifest.json); run it again to complete it"
+                )
             tars = len(list(path.glob("*.tar")))
             hint = f" (it holds {tars} .tar file(s): pass them as paths)" if tars else ""
             raise FileNotFoundError(

@@ -331,6 +331,7 @@ def _one_line_error(capsys, command: str) -> str:
         ("missing", "no such file or folder"),
         ("empty_dir", "is not an mmdata dataset (no manifest.json there)"),
         ("tars_no_manifest", "holds 1 .tar file(s): pass them as paths"),
+        ("unfinished_job", "is incomplete: the job writing it did not finish"),
         ("text_file", "is a file but not a .tar shard"),
         ("fake_tar", "not a tar file (not a shard)"),
         ("manifest_not_json", "manifest.json is not valid JSON"),
@@ -349,6 +350,10 @@ def test_bad_shards_are_one_line_errors(
         spec.mkdir()
     elif kind == "tars_no_manifest":
         spec.mkdir()
+        (spec / "00000.tar").write_bytes(b"")
+    elif kind == "unfinished_job":  # a job's marker and a shard, no manifest: killed midway
+        spec.mkdir()
+        (spec / ".mmdata-dataset").write_text("An mmdata dataset folder")
         (spec / "00000.tar").write_bytes(b"")
     elif kind == "text_file":
         spec = tmp_path / "notes.txt"
