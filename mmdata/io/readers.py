@@ -283,12 +283,17 @@ def source_base(root: str, pattern: str) -> str:
 
 def relative_source(rec: RawRecord, base: str) -> RawRecord:
     """`rec` with its `source` relative to `base` (unchanged if it does not lie under it: a file a
-    manifest row names outside the manifest's folder keeps its full path). The source and the error
-    detail are made `printable`: a file name that is not UTF-8 shows its bytes as `\\xNN` (the
-    record's bytes were read through the real name already)."""
+    manifest row names outside the manifest's folder keeps its full path). Paths under `base` in the
+    error detail are made relative too (`missing.png does not exist`, `m.jsonl line 7: ...`), so
+    rejects.parquet does not depend on where the input lies either. The source and the detail are
+    made `printable`: a file name that is not UTF-8 shows its bytes as `\\xNN` (the record's bytes
+    were read through the real name already)."""
     prefix = base.rstrip("/") + "/"
     source = rec.source[len(prefix) :] if rec.source.startswith(prefix) else rec.source
-    error = rec.error and (rec.error[0], printable(rec.error[1]))
+    error = rec.error
+    if error:
+        detail = error[1].replace(prefix, "") if len(prefix) > 1 else error[1]
+        error = (error[0], printable(detail))
     if source == rec.source and printable(source) == source and error == rec.error:
         return rec
     return dataclasses.replace(rec, source=printable(source), error=error)

@@ -204,3 +204,29 @@ def test_names_that_slug_to_one_key_keep_distinct_keys(tmp_path):
     # the same keys on a rerun
     _, _, again = _run(src, tmp_path / "out2")
     assert sorted(s["pair_key"] for s in again) == sorted(keys.values())
+
+
+def test_rejects_do_not_depend_on_where_the_input_lies(tmp_path):
+    """Reject details name files relative to the input's folder, as sources do: the same input at two
+    places gives the same rejects.parquet, byte for byte."""
+    import shutil
+
+    src = tmp_path / "a" / "man"
+    src.mkdir(parents=True)
+    (src / "i0.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    (src / "m.jsonl").write_text(
+        '{"path": "i0.png", "caption": "a cup of coffee"}\n'
+        '{"path": "missing.png", "caption": "gone"}\n'
+        "{broken json\n"
+    )
+    moved = tmp_path / "elsewhere" / "deep" / "man"
+    shutil.copytree(src, moved)
+    _, rejects, _ = _run(src / "m.jsonl", tmp_path / "out1")
+    _run(moved / "m.jsonl", tmp_path / "out2")
+    assert (tmp_path / "out1" / "rejects.parquet").read_bytes() == (
+        tmp_path / "out2" / "rejects.parquet"
+    ).read_bytes()
+    details = {r["reason"]: r["detail"] for r in rejects}
+    assert details["missing_file"] == "missing.png does not exist"
+    assert details["bad_manifest_row"].startswith("m.jsonl line 3: ")
+    assert all(str(tmp_path) not in d for d in details.values())
