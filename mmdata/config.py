@@ -95,7 +95,9 @@ class ShardConfig:
 
     maxcount: int = opt(1000, "samples per shard")
     maxsize: int = opt(
-        512 * 1024 * 1024, "bytes per shard (a single larger sample still gets its own shard)"
+        512 * 1024 * 1024,
+        "bytes per shard's tar (its samples' members with their 512-byte headers and padding; the "
+        "archive's end adds at most 10 KB; a single larger sample still gets its own shard)",
     )
 
     def validate(self) -> None:

@@ -56,6 +56,15 @@ META_CONTENT = b"mmdata.content_sha256"
 CONTENT_VERSION = b"mmdata-shard-content-v1"
 
 
+TAR_BLOCK = 512
+_KEY_ROOM = 32  # what `"key": "<shard key>"` adds to a sample's `<key>.json`, at most
+
+
+def _tar_entry(n: int) -> int:
+    """Bytes of an n-byte tar member: its header block and its data padded to whole blocks."""
+    return TAR_BLOCK + -(-n // TAR_BLOCK) * TAR_BLOCK
+
+
 @dataclass
 class ShardItem:
     """One sample to write.
@@ -77,7 +86,11 @@ class ShardItem:
 
     @property
     def nbytes(self) -> int:
-        return sum(len(v) for v in self.members.values()) + 1024
+        """The item's bytes in its shard's tar: each member (and the `<key>.json`, whose key adds at
+        most `_KEY_ROOM` characters) is a 512-byte header plus its data padded to 512 bytes, which
+        for small samples (an icon, a caption) is most of their size."""
+        meta = len(json.dumps(self.meta, sort_keys=True)) + _KEY_ROOM
+        return sum(_tar_entry(len(v)) for v in self.members.values()) + _tar_entry(meta)
 
 
 @dataclass

@@ -340,14 +340,19 @@ def test_write_shards_plans_across_many_key_prefixes(tmp_path):
 
 
 def test_write_shards_maxsize(tmp_path):
+    """maxsize bounds a shard's tar bytes: members with their 512-byte headers and padding (the
+    archive's end-of-file blocks aside), which for small samples is most of their size."""
+    items = _items(12)
+    assert {it.nbytes for it in items} == {2048}  # a 50-61 byte png and a short json: 4 blocks
+    maxsize = 3 * 2048 + 100
     with TestPipeline(runner=LocalDirectRunner()) as p:
-        infos = (
-            p | beam.Create(_items(12)) | WriteShards(str(tmp_path), maxcount=100, maxsize=3 * 1100)
-        )
+        infos = p | beam.Create(items) | WriteShards(str(tmp_path), maxcount=100, maxsize=maxsize)
         assert_that(infos | beam.Map(lambda s: s.samples), equal_to([3, 3, 3, 3]))
     for t in tmp_path.glob("*.tar"):
         with tarfile.open(t) as tar:
-            assert sum(m.size for m in tar.getmembers() if m.name.endswith(".png")) <= 3 * 1100
+            entries = sum(512 + -(-m.size // 512) * 512 for m in tar.getmembers())
+            assert entries == 3 * 2048 <= maxsize
+        assert t.stat().st_size <= maxsize + 10240  # the end blocks and padding to a tar record
 
 
 def test_write_shards_skips_complete(tmp_path):

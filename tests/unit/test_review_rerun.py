@@ -121,15 +121,16 @@ def test_sidecar_without_a_content_digest_rewrites_the_shard(tmp_path: Path) -> 
 def test_same_sort_keys_at_new_positions_are_rewritten(tmp_path: Path) -> None:
     """A sample added before a shard shifts the keys (`000000002` ...) of a later shard whose sort keys
     stay the same (shards cut by size): its tar changes, so it must be rewritten."""
+    # in the tar: b and c 4608 bytes each (data + headers + json), a 2048: [b] [c], then [a b] [c]
     big = {"b": b"B" * 3000, "c": b"C" * 3000}
     base = {"b": "b", "c": "c"}
     with TestPipeline(runner=LocalDirectRunner()) as p:
-        p | beam.Create(_items(base, big)) | WriteShards(str(tmp_path), maxcount=10, maxsize=6000)
+        p | beam.Create(_items(base, big)) | WriteShards(str(tmp_path), maxcount=10, maxsize=7000)
     with TestPipeline(runner=LocalDirectRunner()) as p:
         (
             p
             | beam.Create(_items({"a": "a", **base}, {**big, "a": b"a"}))
-            | WriteShards(str(tmp_path), maxcount=10, maxsize=6000)
+            | WriteShards(str(tmp_path), maxcount=10, maxsize=7000)
         )
     keys = pq.read_table(tmp_path / "00001.parquet").column("key").to_pylist()
     assert pq.read_table(tmp_path / "00001.parquet").column("sort_key").to_pylist() == ["c-sort"]
