@@ -240,6 +240,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _yaml_problem(e: Exception) -> str:
+    """A YAML parse error in one line (PyYAML's own text spans four, with the file name twice)."""
+    problem = getattr(e, "problem", None)
+    if not problem:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML config file's top-level mapping; unreadable or malformed files raise ConfigError."""
     try:
@@ -254,7 +265,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML: {_yaml_problem(e)}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: top level must be a mapping")
     return data

@@ -42,3 +42,20 @@ def test_section_that_is_not_a_mapping_is_a_config_error(tmp_path: Path, value: 
         _cfg(tmp_path, f"ingest: {value}\n", "--ingest.max_side", "2048")
     with pytest.raises(ConfigError, match=r"ingest must be a mapping"):
         _cfg(tmp_path, f"ingest: {value}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("shards:\n  maxcount: [1, 2\nquality: {\n", "at line 3, column 8"),
+        ("shards: {maxcount: 5\n", "at line 2, column 1"),
+        ("a: b\n\tc: d\n", "at line 2, column 1"),
+    ],
+)
+def test_yaml_syntax_error_is_one_line_naming_the_place(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        _cfg(tmp_path, text)
+    message = str(err.value)
+    assert "\n" not in message and "is not valid YAML: " in message and where in message
