@@ -33,7 +33,7 @@ def build(
     if templates is None:
         templates = load_templates("txt2img", cfg.templates_dir or None)
     if reader is None:
-        reader = read_source(source, cfg.input_kind, cfg.ingest)
+        reader = read_source(source, cfg.input_kind, cfg.ingest, cfg.output)
     ing = p | "Read" >> reader | "Ingest" >> Ingest(cfg.ingest)
     qual = ing["kept"] | "Quality" >> QualityFilter(cfg.quality)
     t2i = qual["kept"] | "Txt2Img" >> BuildTxt2Img(templates, cfg.seed)
@@ -68,7 +68,7 @@ def run(
     source = cfg.input or str(sample_corpus_dir())
     # the checks that can refuse the run (input missing or ambiguous, templates missing or invalid)
     # come before prepare_output creates and marks the output folder
-    reader = read_source(source, cfg.input_kind, cfg.ingest)
+    reader = read_source(source, cfg.input_kind, cfg.ingest, cfg.output)
     templates = load_templates("txt2img", cfg.templates_dir or None)
     # a run that fails before it writes anything removes the marker (and folder) it created
     with claimed_output(cfg.output, source, cfg.input_kind), no_input_errors():

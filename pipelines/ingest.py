@@ -25,7 +25,7 @@ def build(
     """Wire the ingest job into `p`; returns the manifest PCollection. `reader` is the source reader
     when the caller already made it (`run` does, to check the input before it touches the output)."""
     if reader is None:
-        reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
+        reader = read_source(cfg.input, cfg.input_kind, cfg.ingest, cfg.output)
     ing = p | "Read" >> reader | "Ingest" >> Ingest(cfg.ingest)
     pairs = ing["kept"]
     shards = (
@@ -54,7 +54,7 @@ def run(
         check_runner(beam_args)  # a runner that cannot run here fails before the output exists
     # the input checks that can refuse the run (missing, ambiguous kind) come before prepare_output
     # creates and marks the output folder
-    reader = read_source(cfg.input, cfg.input_kind, cfg.ingest)
+    reader = read_source(cfg.input, cfg.input_kind, cfg.ingest, cfg.output)
     # a run that fails before it writes anything removes the marker (and folder) it created
     with claimed_output(cfg.output, cfg.input, cfg.input_kind), no_input_errors():
         run_pipeline(lambda p: build(p, cfg, overwrite, reader=reader), beam_args, test_pipeline)

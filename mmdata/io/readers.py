@@ -254,11 +254,19 @@ class _Source(beam.PTransform):
     `00000.tar::k.png`. So the shards say nothing of where the input lay (a home folder, a mount point)
     and are the same bytes wherever it lies; `manifest.json` records the input (`config.input`)."""
 
-    def __init__(self, pattern: str, cfg: IngestConfig | None = None, root: str | None = None):
+    def __init__(
+        self,
+        pattern: str,
+        cfg: IngestConfig | None = None,
+        root: str | None = None,
+        output: str | None = None,
+    ):
         super().__init__()
         self.pattern = pattern.rstrip("/")
         self.root = (root or pattern).rstrip("/")
         self.cfg = cfg or IngestConfig()
+        # the job's output folder, as a local real path: a folder reader never lists it
+        self.exclude = os.path.realpath(output) if output and is_local(output) else None
 
     def expand(self, pbegin):
         base = source_base(self.root, self.pattern)
@@ -299,14 +307,17 @@ def relative_source(rec: RawRecord, base: str) -> RawRecord:
     return dataclasses.replace(rec, source=printable(source), error=error)
 
 
-def _list_local(root: str, warn: bool = True) -> Iterator[tuple[str, int | None]]:
+def _list_local(
+    root: str, warn: bool = True, exclude: str | None = None
+) -> Iterator[tuple[str, int | None]]:
     """(path, size) of every file under the local folder `root`, in a fixed order. Unlike Beam's local
     listing (which drops them unseen), symlinked folders are followed when they lead out of the tree
     (a folder of links to the real data is common); a link to a folder already in the tree, or to one
     holding it (a link loop, `up -> ..`), is skipped with a warning: its files are read under their
     own names. A file whose `stat`
     fails (a broken symlink) is listed with size None instead of being skipped: an image the reader
-    never saw would be neither kept nor rejected."""
+    never saw would be neither kept nor rejected. The folder `exclude` (a real path: the job's output,
+    met through a followed link) is not listed, with a warning."""
     trees = [
         os.path.realpath(root)
     ]  # real folders being read: the input, and followed link targets
@@ -322,6 +333,12 @@ def _list_local(root: str, warn: bool = True) -> Iterator[tuple[str, int | None]
     def walk(top: str) -> Iterator[tuple[str, int | None]]:
         for dirpath, dirs, files in os.walk(top):  # symlinked folders are in `dirs`, not descended
             dirs.sort()
+            if exclude is not None:
+                for d in [d for d in dirs if os.path.realpath(os.path.join(dirpath, d)) == exclude]:
+                    log.warning(
+                        "%s: not read, it is the job's output folder", os.path.join(dirpath, d)
+                    )
+                    dirs.remove(d)
             for name in sorted(files):
                 path = os.path.join(dirpath, name)
                 try:
@@ -406,8 +423,8 @@ def _unwire(name: str | bytes) -> str:
     return os.fsdecode(name) if isinstance(name, bytes) else name
 
 
-def _list_wired(root: str) -> Iterator[tuple[str | bytes, int | None]]:
-    for path, size in _list_local(root):
+def _list_wired(root: str, exclude: str | None) -> Iterator[tuple[str | bytes, int | None]]:
+    for path, size in _list_local(root, exclude=exclude):
         yield _wire(path), size
 
 
@@ -433,7 +450,11 @@ class ReadFolder(_Source):
             yield key, (_wire(stem), _wire(ext), _wire(path), size)
 
         if is_local(root):
-            listed = pbegin | "Root" >> beam.Create([root]) | "List" >> beam.FlatMap(_list_wired)
+            listed = (
+                pbegin
+                | "Root" >> beam.Create([root])
+                | "List" >> beam.FlatMap(_list_wired, self.exclude)
+            )
         else:
             listed = (
                 pbegin
@@ -1217,11 +1238,14 @@ def _literal(path: str) -> str:
     return path
 
 
-def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) -> beam.PTransform:
+def read_source(
+    path: str, kind: str = "auto", cfg: IngestConfig | None = None, output: str | None = None
+) -> beam.PTransform:
     """The reader PTransform for an input path.
 
     A local path is made absolute first, so records' `source` (and so the shards' bytes) do not depend on
-    the directory the job was started from.
+    the directory the job was started from. `output`, the job's dataset folder, is never read as input
+    (a folder input's symlinked subfolder may lead to it, where the output checks cannot see it).
     """
     if is_local(path):
         path = os.path.abspath(path) + ("/" if path.endswith("/") else "")
@@ -1243,7 +1267,7 @@ def read_source(path: str, kind: str = "auto", cfg: IngestConfig | None = None) 
     if kind == "folder":
         if is_local(root):
             check_folder_has_images(root.rstrip("/"))
-        return ReadFolder(pattern, cfg, root=root)
+        return ReadFolder(pattern, cfg, root=root, output=output)
     if kind == "manifest":
         if is_local(root):
             check_manifests(pattern, cfg or IngestConfig())

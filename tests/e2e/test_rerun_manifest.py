@@ -70,3 +70,18 @@ def test_identical_rerun_keeps_shards_and_rewrites_the_manifest(tmp_path):
     _run(src, out, maxcount=4)
     assert (out / "manifest.json").read_bytes() == before
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == tars  # skipped, not rewritten
+
+
+def test_output_reached_through_a_linked_input_folder_is_not_read(tmp_path, caplog):
+    """A folder input whose symlinked subfolder leads to the folder holding the output: the reader
+    follows the link but never lists the output, so a rerun does not read its own dataset back."""
+    src, ext = _corpus(tmp_path / "src", n=4), _corpus(tmp_path / "ext", n=3)
+    (src / "linked").symlink_to(ext)
+    out = ext / "out"  # not inside the input's own tree, so the output checks let it be
+    _run(src, out, maxcount=100)
+    first = (out / "manifest.json").read_bytes()
+    _run(src, out, maxcount=100)
+    m = _check_manifest(out)
+    assert m["totals"] == {"samples": 7, "rejects": 0}  # 4 + 3 images, no shard read as input
+    assert (out / "manifest.json").read_bytes() == first
+    assert "it is the job's output folder" in caplog.text
