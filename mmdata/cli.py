@@ -8,6 +8,7 @@ passed to Beam as pipeline options (`--runner`, `--direct_num_workers`, ...).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
@@ -118,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         from mmdata.runner import unknown_beam_args
 
         if unknown := unknown_beam_args(rest):
-            _subparser(parser, args).error(
+            sub = _subparser(parser, args)
+            hints = "".join(_flag_hint(parser, sub, a) for a in unknown)
+            sub.error(
                 f"unrecognized arguments (neither {args.command} options nor Beam pipeline options): "
-                f"{' '.join(unknown)}; see `mmdata {args.command} --help`"
+                f"{' '.join(unknown)}{hints}; see `mmdata {args.command} --help`"
             )
     try:
         return int(args.func(args, rest) or 0)
@@ -132,6 +135,31 @@ def main(argv: list[str] | None = None) -> int:
 
         print_error(args.command, e)  # an OSError names its path and says what is wrong in words
         return code
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+
+
+def _flag_hint(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser, arg: str) -> str:
+    """' (did you mean --shards.maxcount?)' for a misspelt flag of this subcommand, or ' (an option
+    of `mmdata demo`)' for a flag of another one; '' when neither."""
+    flag = arg.split("=", 1)[0]
+    if not flag.startswith("--"):
+        return ""
+    spelled = {o.replace("-", "_"): o for o in _option_strings(sub)}
+    close = difflib.get_close_matches(flag.replace("-", "_"), spelled, n=1, cutoff=0.8)
+    if close:
+        return f" ({flag}: did you mean {spelled[close[0]]}?)"
+    action = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    others = [
+        name
+        for name, p in (action.choices.items() if action is not None else ())
+        if p is not sub and flag in _option_strings(p)
+    ]
+    if others:
+        return f" ({flag} is an option of {', '.join(f'`mmdata {n}`' for n in others)})"
+    return ""
 
 
 def _subparser(

@@ -48,3 +48,20 @@ def test_a_job_that_keeps_nothing_says_so(tmp_path, capsys):
     assert cli.main(["ingest", "--input", str(src), "--output", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "warning: the dataset is empty" in out and "rejects.parquet" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "hint"),
+    [
+        ("--shard.maxcount", "(--shard.maxcount: did you mean --shards.maxcount?)"),
+        ("--shards-maxsize=5", "(--shards-maxsize: did you mean --shards.maxsize?)"),
+        ("--quality.min_side", "(--quality.min_side is an option of `mmdata demo`)"),
+        ("--no_such_thing", ""),
+    ],
+)
+def test_unknown_flag_names_the_one_meant(tmp_path, capsys, flag, hint):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ingest", "--input", str(tmp_path), "--output", str(tmp_path / "o"), flag, "1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and last.startswith("mmdata ingest: error: unrecognized arguments")
+    assert hint in last and ("did you mean" in last or "an option of" in last) == bool(hint)
