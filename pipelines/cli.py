@@ -43,7 +43,7 @@ def _inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
     from mmdata.io.paths import use_options
 
     use_options(beam_args)  # an object store's endpoint and keys, for a dataset there
-    out = write_report(args.dataset, args.out, max_samples=args.max_samples)
+    out = write_report(args.dataset, args.out, max_samples=args.max_samples, verify=args.verify)
     print(f"Report written to: {out}")
     return 0
 
@@ -89,6 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=48,
         help="most samples shown (taken from the first shards in order)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every shard against the manifest's sha256 (reads the whole dataset; by default "
+        "only the shards the samples shown come from are hashed, the others checked by size)",
     )
     p.set_defaults(func=_inspect, accepts_beam_args=True)
     accept_underscores(p)  # --max_samples too, as before

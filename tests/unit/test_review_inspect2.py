@@ -7,6 +7,8 @@ import json
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -33,6 +35,7 @@ def _dataset(root: Path, n_shards: int = 2, per_shard: int = 2) -> Path:
         ]
         tar = encode_tar(samples)
         (root / f"{s:05d}.tar").write_bytes(tar)
+        pq.write_table(pa.table({"sort_key": [k for k, _ in samples]}), root / f"{s:05d}.parquet")
         shards.append(
             {
                 "name": f"{s:05d}.tar",
