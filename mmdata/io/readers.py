@@ -21,6 +21,7 @@ where the matching Beam extras are installed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import io
 import itertools
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -137,8 +139,10 @@ class _FolderGroupFn(beam.DoFn):
 
     Keys come from relative paths by `slug`, which maps different names to one key (`a b.png`,
     `a_b.png`, `a.b.png` and `a/b.png` are all `a_b`); the files are grouped by key, so such stems meet
-    here and keep distinct keys: the first stem in name order keeps the key, each other one gets 8 hex
-    digits of its name's hash (`a_b_<hash>`), instead of all but one becoming duplicate_key rejects."""
+    here and keep distinct keys: a stem that is its key as written (`a_b`, or `a/b` with its folders'
+    `/` as `_`) keeps the key, else the first in name order does, and each other one gets 8 hex digits
+    of its name's hash (`a_b_<hash>`), instead of all but one becoming duplicate_key rejects. So adding
+    `a b.png` beside an ingested `a_b.png` does not take its key."""
 
     def __init__(self, root: str, cfg: IngestConfig):
         self.root = root.rstrip("/")
@@ -152,8 +156,10 @@ class _FolderGroupFn(beam.DoFn):
         stems: dict[str, list[tuple[str, str, int]]] = {}
         for stem, ext, path, size in entries:
             stems.setdefault(_unwire(stem), []).append((_unwire(ext), _unwire(path), size))
-        for n, stem in enumerate(sorted(stems)):
-            rel_stem = stem[len(self.root) :].lstrip("/")
+        rels = {stem: stem[len(self.root) :].lstrip("/") for stem in stems}
+        order = sorted(stems, key=lambda st: (rels[st].replace("/", "_") != key, st))
+        for n, stem in enumerate(order):
+            rel_stem = rels[stem]
             stem_key = key if n == 0 else f"{key}_{stable_hash(rel_stem, n=8)}"
             yield from self._stem_records(rel_stem, stem_key, stems[stem])
 
@@ -199,7 +205,8 @@ class _FolderGroupFn(beam.DoFn):
                     caption=None,
                     error=(
                         "duplicate_sidecar",
-                        f"a second .{ext} sidecar of {rel_stem!r}; {by_ext[ext][0][0]!r} was read",
+                        f"a second .{ext} sidecar of {rel_stem!r}; "
+                        f"{by_ext[ext][0][0][len(self.root) :].lstrip('/')!r} was read",
                     ),
                 )
         caption: Any = None
@@ -289,6 +296,13 @@ def source_base(root: str, pattern: str) -> str:
     return root
 
 
+@functools.lru_cache(maxsize=64)
+def _under(prefix: str) -> re.Pattern[str]:
+    """`prefix` where a path starts (at the start or after a space, quote or parenthesis), not
+    inside another path (`/backup/data/x.png` does not lose `/data/`)."""
+    return re.compile(r"(?<![^\s'\"(])" + re.escape(prefix))
+
+
 def relative_source(rec: RawRecord, base: str) -> RawRecord:
     """`rec` with its `source` relative to `base` (unchanged if it does not lie under it: a file a
     manifest row names outside the manifest's folder keeps its full path). Paths under `base` in the
@@ -300,7 +314,7 @@ def relative_source(rec: RawRecord, base: str) -> RawRecord:
     source = rec.source[len(prefix) :] if rec.source.startswith(prefix) else rec.source
     error = rec.error
     if error:
-        detail = error[1].replace(prefix, "") if len(prefix) > 1 else error[1]
+        detail = _under(prefix).sub("", error[1]) if len(prefix) > 1 else error[1]
         error = (error[0], printable(detail))
     if source == rec.source and printable(source) == source and error == rec.error:
         return rec
@@ -578,8 +592,43 @@ def _table_rows(table: Any) -> list[dict[str, Any]]:
         try:
             columns[name] = column.to_pylist()
         except (ValueError, pa.ArrowException):
-            columns[name] = column.cast(pa.string()).to_pylist()
+            columns[name] = column.cast(_ns_as_text(column.type)).to_pylist()
     return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
+def _ns_as_text(t: Any) -> Any:
+    """Arrow type `t` with every nanosecond timestamp, duration or time (also inside lists, maps and
+    structs) as text: Python's datetime types stop at microseconds."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_time64(t):
+        return pa.string() if t.unit == "ns" else t
+    if pa.types.is_large_list(t):
+        return pa.large_list(_ns_as_text(t.value_type))
+    if pa.types.is_list(t):
+        return pa.list_(_ns_as_text(t.value_type))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_ns_as_text(t.value_type), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(_ns_as_text(t.key_type), _ns_as_text(t.item_type))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_ns_as_text(f.type)) for f in t])
+    return t
+
+
+def _csv_cell(value: Any, column: int, nulls: frozenset[bytes]) -> Any:
+    """A path, caption or key cell (`column` 0, 1, 2), read as bytes: UTF-8 text as `str`; otherwise
+    a caption keeps its bytes (a `caption_not_utf8` reject for that row alone) and a path or key is
+    decoded as a file name is (`os.fsdecode`: a latin-1 path still opens, a key hashes its bytes). A
+    key written as a CSV null (`NA`, `null`, ...) is missing: the row gets its default key."""
+    if not isinstance(value, bytes):
+        return value
+    if column == 2 and value in nulls:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value if column == 1 else os.fsdecode(value)
 
 
 def _csv_rows(
@@ -590,9 +639,10 @@ def _csv_rows(
     header being record 1; the rows it reads fill the other positions in order), so a bad row does not
     move the index, and so the key, of the rows after it.
 
-    `text_columns` (path, caption, key) are read as text as written: type inference would make a
-    caption `2001` a number (a `caption_not_text` reject) and a key `007` the key `7`. Other columns
-    are typed by pyarrow's inference (numbers, booleans, timestamps)."""
+    `text_columns` (path, caption, key) are read as written (`_csv_cell`): type inference would make a
+    caption `2001` a number (a `caption_not_text` reject) and a key `007` the key `7`; they are read
+    as bytes, so one cell that is not UTF-8 (a cp1252 export) is that row's problem, not the file's.
+    Other columns are typed by pyarrow's inference (numbers, booleans, timestamps, text or bytes)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -602,7 +652,7 @@ def _csv_rows(
             parse_options=_csv_options(ext, bad),
             read_options=pacsv.ReadOptions(use_threads=threads),
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(text_columns, pa.string())
+                column_types=dict.fromkeys(text_columns, pa.binary())
             ),
         )
 
@@ -611,7 +661,12 @@ def _csv_rows(
     if bad:  # threaded parsing does not number rows: read again on one thread for row numbers
         bad = []
         table = read(bad, False)
+    nulls = frozenset(v.encode() for v in pacsv.ConvertOptions().null_values)
     good = _table_rows(table)
+    for row in good:
+        for i, name in enumerate(text_columns):
+            if name in row:
+                row[name] = _csv_cell(row[name], i, nulls)
     if all(b.number for b in bad):
         bad_at = [b.number - 2 for b in bad]  # 0-based after the header
     else:  # not numbered (not seen with one thread): after the rows read

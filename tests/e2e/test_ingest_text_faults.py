@@ -184,8 +184,9 @@ def test_sidecar_faults_name_the_sidecar(tmp_path):
 
 
 def test_names_that_slug_to_one_key_keep_distinct_keys(tmp_path):
-    """`a b.png`, `a_b.png`, `a.b.png` and `a/b.png` all slug to `a_b`: each is kept, the first in name
-    order under `a_b`, the others with their name's hash added, not rejected as duplicate keys."""
+    """`a b.png`, `a_b.png`, `a.b.png` and `a/b.png` all slug to `a_b`: each is kept, one under `a_b`,
+    the others with their name's hash added, not rejected as duplicate keys; adding a name that slugs
+    to a key already taken by a name that is the key as written does not move that key."""
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     png = imagegen.encode(imagegen.photo("coffee"))
@@ -198,12 +199,27 @@ def test_names_that_slug_to_one_key_keep_distinct_keys(tmp_path):
     keys = {s["caption"].removeprefix("the picture named "): s["pair_key"] for s in samples}
     assert sorted(keys) == sorted(names)
     assert len(set(keys.values())) == len(names)
-    # the first stem in name order ("a b" < "a.b" < "a/b" < "a_b") keeps the plain key
-    assert keys["a b"] == "a_b" and keys["other"] == "other"
-    assert all(keys[n].startswith("a_b_") and len(keys[n]) == 12 for n in ("a.b", "a/b", "a_b"))
+    # a name that is its key as written (a/b, a_b: folders' "/" as "_") keeps it, the first of them
+    # in name order ("a/b" < "a_b"); the others add their name's hash
+    assert keys["a/b"] == "a_b" and keys["other"] == "other"
+    assert all(keys[n].startswith("a_b_") and len(keys[n]) == 12 for n in ("a b", "a.b", "a_b"))
     # the same keys on a rerun
     _, _, again = _run(src, tmp_path / "out2")
     assert sorted(s["pair_key"] for s in again) == sorted(keys.values())
+    # "x_y" first, then "x y" added: "x_y" keeps its key
+    (src / "x_y.png").write_bytes(png)
+    (src / "x_y.txt").write_text("the picture named x_y")
+    _, _, before = _run(src, tmp_path / "out3")
+    (src / "x y.png").write_bytes(png)
+    (src / "x y.txt").write_text("the picture named x y")
+    _, _, after = _run(src, tmp_path / "out4")
+    key_of = {s["caption"]: s["pair_key"] for s in after}
+    assert (
+        key_of["the picture named x_y"]
+        == "x_y"
+        == {s["caption"]: s["pair_key"] for s in before}["the picture named x_y"]
+    )
+    assert key_of["the picture named x y"].startswith("x_y_")
 
 
 def test_rejects_do_not_depend_on_where_the_input_lies(tmp_path):
@@ -230,3 +246,62 @@ def test_rejects_do_not_depend_on_where_the_input_lies(tmp_path):
     assert details["missing_file"] == "missing.png does not exist"
     assert details["bad_manifest_row"].startswith("m.jsonl line 3: ")
     assert all(str(tmp_path) not in d for d in details.values())
+
+
+def test_csv_cells_that_are_not_utf8_are_that_rows_problem(tmp_path):
+    """A cp1252 export: a caption that is not UTF-8 is that row's caption_not_utf8, a latin-1 path
+    still opens, and the other rows are read; a key written as a CSV null gets the default key."""
+    src = tmp_path / "src"
+    src.mkdir()
+    png = imagegen.encode(imagegen.photo("coffee"))
+    for name in (b"a.png", b"b.png", b"caf\xe9.png", b"d.png", b"e.png"):
+        with open(os.fsencode(str(src)) + b"/" + name, "wb") as f:
+            f.write(png)
+    (src / "m.csv").write_bytes(
+        b"path,caption,key\n"
+        b"a.png,caf\xe9 au lait,k1\n"
+        b"b.png,plain,k2\n"
+        b"caf\xe9.png,a latin-1 path,k3\n"
+        b"d.png,no key,NA\n"
+        b"e.png,another one without,null\n"
+    )
+    m, rejects, samples = _run(src / "m.csv", tmp_path / "out")
+    assert [(r["key"], r["reason"]) for r in rejects] == [("k1", "caption_not_utf8")]
+    got = sorted((s["pair_key"], s["caption"]) for s in samples)
+    assert got == [
+        ("k2", "plain"),
+        ("k3", "a latin-1 path"),
+        ("m_000000003", "no key"),
+        ("m_000000004", "another one without"),
+    ]
+    latin = next(s for s in samples if s["pair_key"] == "k3")
+    assert latin["metadata"]["path"] == "caf\\xe9.png"
+
+
+def test_reject_details_keep_paths_that_only_contain_the_input_folder(tmp_path):
+    """Only paths under the input's folder lose it: `/backup/<input>/x.png` keeps its whole path."""
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "i0.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    other = f"{tmp_path}/backup{src}/gone.png"
+    (src / "m.jsonl").write_text(
+        json.dumps({"path": "i0.png", "caption": "kept"})
+        + "\n"
+        + json.dumps({"path": other, "caption": "elsewhere"})
+        + "\n"
+    )
+    _, rejects, _ = _run(src / "m.jsonl", tmp_path / "out")
+    assert [r["detail"] for r in rejects] == [f"{other} does not exist"]
+
+
+def test_parquet_nested_nanosecond_values_become_text(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "i0.png").write_bytes(imagegen.encode(imagegen.photo("coffee")))
+    stamps = pa.array([[1_700_000_000_123_456_789]], pa.list_(pa.timestamp("ns")))
+    pq.write_table(
+        pa.table({"path": ["i0.png"], "caption": ["a cup of coffee"], "seen": stamps}),
+        src / "m.parquet",
+    )
+    m, rejects, samples = _run(src / "m.parquet", tmp_path / "out")
+    assert rejects == [] and samples[0]["metadata"]["seen"] == ["2023-11-14 22:13:20.123456789"]
