@@ -16,11 +16,15 @@ Policy (also in README, "Images"):
   (tRNS) -> RGBA (alpha is kept: it is a free mask); 16-bit (RGB, RGBA and greyscale PNGs included) and
   32-bit integer or float greyscale are rescaled to 8 bits (float in [0, 1] by x255, other floats by their
   range); animations keep their first frame (also when later frames are damaged). A fully opaque
-  alpha channel is dropped (RGB).
+  alpha channel is dropped (RGB). CMYK with an embedded CMYK ICC profile is converted through it to sRGB
+  (littleCMS, the profile's rendering intent; absolute colorimetric is read as perceptual); without
+  one, or with one littleCMS cannot use, it gets PIL's naive conversion (R = 255 (1 - C)(1 - K)
+  on 0-1 ink amounts, likewise G and B).
 - Re-encoding: original bytes are kept when the image is already an 8-bit RGB/RGBA JPEG, PNG or WebP that
   needed no change; everything else is re-encoded as PNG (lossless, deterministic). A re-encoded PNG keeps
   an RGB ICC profile; a profile of another colour space (CMYK, grey) no longer describes the RGB pixels
-  and is left out, as is every other chunk of the original (text, tRNS, EXIF).
+  and is left out, as is every other chunk of the original (text, tRNS, EXIF). A CMYK image's RGB is
+  stored untagged (sRGB after its profile; an RGB profile on CMYK data describes none of its pixels).
 """
 
 from __future__ import annotations
@@ -453,8 +457,49 @@ def normalise_mode(img: Image.Image) -> tuple[Image.Image, bool]:
         img = img.convert("LA")
     if mode in ("LA", "PA", "RGBa", "La"):
         return normalise_mode(img.convert("RGBA"))[0], True
-    # L, 1, CMYK, YCbCr, LAB, HSV
+    if mode == "CMYK":
+        return _cmyk_to_rgb(img), True
+    # L, 1, YCbCr, LAB, HSV
     return img.convert("RGB"), True
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    """CMYK -> RGB through the image's own CMYK ICC profile, or PIL's naive formula without one.
+
+    Print-origin photos (Photoshop CMYK JPEGs) carry the profile their inks were separated for; the
+    naive formula ignores it and gives visibly wrong colours (pure inks, no dot gain, pure black K).
+    PIL has already undone the Adobe inversion of CMYK JPEGs, so the pixels are plain ink amounts
+    (0 = no ink), what littleCMS expects. A profile that cannot be used (damaged, another colour
+    space, a littleCMS error) falls back to the naive formula: a decodable image is never rejected
+    for its profile."""
+    icc = img.info.get("icc_profile")
+    if isinstance(icc, bytes) and icc[16:20] == b"CMYK":  # the header's data colour space
+        try:
+            return _icc_cmyk_to_srgb(img, icc)
+        except Exception:  # noqa: BLE001 - ImageCms raises PyCMSError, OSError, ValueError...
+            pass
+    rgb = img.convert("RGB")
+    # Whatever profile it carries describes no RGB pixels (an RGB profile on CMYK data is a mislabel)
+    rgb.info.pop("icc_profile", None)
+    return rgb
+
+
+def _icc_cmyk_to_srgb(img: Image.Image, icc: bytes) -> Image.Image:
+    # Imported here: a Pillow built without littleCMS then only loses this conversion.
+    from PIL import ImageCms
+
+    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    intent = src.profile.rendering_intent
+    # Absolute colorimetric would print the paper's tint into the picture (it is meant for proofs);
+    # a photo to look at is rendered perceptually. lcms uses A2B0 for a missing intent table.
+    if intent not in (ImageCms.Intent.RELATIVE_COLORIMETRIC, ImageCms.Intent.SATURATION):
+        intent = ImageCms.Intent.PERCEPTUAL
+    dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    out = ImageCms.ImageCmsTransform(src, dst, "CMYK", "RGB", intent).apply(img)
+    # Stored untagged (an untagged PNG is sRGB): littleCMS's own sRGB profile carries its creation
+    # time, which would make the re-encoded bytes differ from one run to the next.
+    out.info = {}
+    return out
 
 
 def load_pixels(data: bytes) -> np.ndarray:

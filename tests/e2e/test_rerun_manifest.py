@@ -25,7 +25,9 @@ def _corpus(root: Path, n: int = 12) -> Path:
 
 
 def _run(src: Path, out: Path, maxcount: int) -> None:
-    ingest.run(IngestJobConfig(input=str(src), output=str(out), shards=ShardConfig(maxcount=maxcount)))
+    ingest.run(
+        IngestJobConfig(input=str(src), output=str(out), shards=ShardConfig(maxcount=maxcount))
+    )
 
 
 def _check_manifest(out: Path) -> dict:
@@ -69,7 +71,9 @@ def test_identical_rerun_keeps_shards_and_rewrites_the_manifest(tmp_path):
     tars = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
     _run(src, out, maxcount=4)
     assert (out / "manifest.json").read_bytes() == before
-    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")} == tars  # skipped, not rewritten
+    assert {
+        p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")
+    } == tars  # skipped, not rewritten
 
 
 def test_output_reached_through_a_linked_input_folder_is_not_read(tmp_path, caplog):

@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from mmdata import cli
-from mmdata.inspect import write_report
 from mmdata.io.shards import META_SHA, ShardItem, encode_tar
 from mmdata.transforms.manifest import REJECT_SCHEMA
 
