@@ -15,6 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+DATA_CHANNELS = 3  # the data loader decodes every image to RGB
+# The token limit of the text encoders' position embeddings: BERT-family sentence-transformers models
+# (the bundled MiniLM) have 512; open_clip's text towers have a shorter context (77 for ViT-B-32),
+# which the loaded encoder reports and training checks.
+MAX_TEXT_TOKENS = 512
+
 
 def _at_least(obj: Any, prefix: str = "", /, **minimums: int) -> None:
     for name, low in minimums.items():
@@ -78,6 +84,29 @@ class ModelConfig:
             raise ValueError(
                 f"attention_levels {bad} out of range for {len(self.channel_mults)} levels"
             )
+        # the loader always yields RGB images; the UNet predicts noise of the same shape
+        if self.in_channels != DATA_CHANNELS:
+            raise ValueError(
+                f"model.in_channels must be {DATA_CHANNELS} (the data loader yields RGB images), "
+                f"got {self.in_channels}"
+            )
+        # the sinusoidal time embedding has 2 * (base_channels // 2) features, the layer after it
+        # expects base_channels of them
+        if self.base_channels % 2:
+            raise ValueError(f"model.base_channels must be even, got {self.base_channels}")
+        # an attention layer splits its channels into max(1, channels // head_channels) heads, and
+        # the split must be exact: the attention levels, the bottleneck (always attended) and the
+        # context layer there
+        widths = [self.base_channels * m for m in self.channel_mults]
+        attended = sorted({widths[lv] for lv in self.attention_levels} | {widths[-1]})
+        uneven = [w for w in attended if w % max(1, w // self.head_channels)]
+        if uneven:
+            raise ValueError(
+                f"model.head_channels {self.head_channels} does not split the attention width(s) "
+                f"{uneven} into whole heads: channels must be divisible by "
+                "max(1, channels // head_channels) at every attention level and the bottleneck "
+                f"(attended widths, base_channels * channel_mults: {attended})"
+            )
 
 
 @dataclass
@@ -128,6 +157,13 @@ class TextConfig:
                     "weights file (or an open_clip pretrained tag, which needs the hub); "
                     "text.open_clip_random_init=true runs a random text tower (tests only)"
                 )
+        # 0 or 1 would silently mean no truncation; past the encoder's position embeddings a long
+        # text crashes only when it comes (sampling with a long instruction)
+        if not 2 <= self.max_tokens <= MAX_TEXT_TOKENS:
+            raise ValueError(
+                f"text.max_tokens must be in [2, {MAX_TEXT_TOKENS}] (the text encoder's token "
+                f"limit), got {self.max_tokens}"
+            )
 
 
 @dataclass
@@ -158,7 +194,13 @@ class DataConfig:
     min_corrupt_errors: int = 10
 
     def validate(self) -> None:
-        _at_least(self, "data.", max_context=1, shuffle_buffer=1, num_workers=0)
+        _at_least(
+            self, "data.", max_context=1, shuffle_buffer=1, num_workers=0, min_corrupt_errors=0
+        )
+        if not 0 <= self.max_corrupt_fraction <= 1:
+            raise ValueError(
+                f"data.max_corrupt_fraction must be in [0, 1], got {self.max_corrupt_fraction}"
+            )
         if self.mixture is not None:
             from mmdata.core.tasks import TASKS
 

@@ -59,6 +59,33 @@ def _trim_log(path: Path, last_step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep))
 
 
+def _lora_config_diff(saved: TrainConfig, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Differences between the `lora` sections of a checkpoint's config and this run's: adapters of
+    another rank or on other modules do not load, other alpha/dropout would silently change them.
+    Settings of a LoRA section that is off on both sides build nothing and are not compared."""
+    a, b = saved.to_dict()["lora"], cfg.to_dict()["lora"]
+    if not (a["enabled"] or b["enabled"]):
+        return {}
+    return {f"lora.{k}": (a[k], b[k]) for k in a if a[k] != b.get(k)}
+
+
+def _text_token_limit(text_encoder: TextEncoder) -> int | None:
+    """The most tokens the loaded text encoder takes (its position embeddings / open_clip context
+    length), or None where it does not say. A longer text.max_tokens crashes (MiniLM) or silently
+    truncates (open_clip) only once a long text comes."""
+    model, tokenizer = (
+        getattr(text_encoder, "_model", None),
+        getattr(text_encoder, "_tokenizer", None),
+    )
+    if tokenizer is not None and isinstance(getattr(tokenizer, "context_length", None), int):
+        return tokenizer.context_length  # open_clip
+    try:
+        limit = model[0].auto_model.config.max_position_embeddings  # sentence-transformers
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return limit if isinstance(limit, int) else None
+
+
 # -- pieces used by training, sampling and evaluation ------------------------------------------------
 
 
@@ -254,14 +281,19 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
     if existing is not None:
         saved = ckpt.read_config(existing)
         diff = {f"model.{k}": v for k, v in ckpt.model_config_diff(saved, cfg).items()}
-        if saved.lora.enabled != cfg.lora.enabled:
-            diff["lora.enabled"] = (saved.lora.enabled, cfg.lora.enabled)
+        diff.update(_lora_config_diff(saved, cfg))
         if diff:
             raise ValueError(
                 f"cannot resume {existing}: the model config changed: "
                 + ckpt.describe_config_diff(diff)
             )
     elif cfg.resume:
+        # validate() lets LoRA without init_from through on --resume (the checkpoint has the
+        # weights); with no checkpoint the adapters would train on a random frozen UNet
+        if cfg.lora.enabled and not cfg.init_from:
+            raise ValueError(
+                f"LoRA fine-tunes a checkpoint: set init_from (--resume found no checkpoint in {out})"
+            )
         say(logging.WARNING, "resume: no checkpoint in %s; starting a new run there", out)
     if cfg.init_from and existing is None:
         try:
@@ -283,6 +315,12 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         raise ValueError(
             f"model.text_dim {cfg.model.text_dim} != text encoder width {text_encoder.dim} "
             f"({cfg.text.backend}); set model.text_dim={text_encoder.dim}"
+        )
+    limit = _text_token_limit(text_encoder)
+    if limit is not None and cfg.text.max_tokens > limit:
+        raise ValueError(
+            f"text.max_tokens {cfg.text.max_tokens} exceeds the text encoder's limit {limit} "
+            f"({cfg.text.backend}); set text.max_tokens <= {limit}"
         )
 
     # Model: from scratch, from a previous stage (init_from), then LoRA, then resume.
@@ -334,6 +372,13 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         step, samples_seen = state["step"], state["samples_seen"]
         data_state = state["data"][rank]
         say(logging.INFO, "resuming %s at step %d", resume_from, step)
+        if cfg.max_steps < step:  # nothing to train: the run ends at once, say why
+            say(
+                logging.WARNING,
+                "resume: max_steps %d is below the resumed step %d; no step is trained",
+                cfg.max_steps,
+                step,
+            )
 
     model, optimizer = acc.prepare(model, optimizer)
     loader = build_loader(
