@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmdata.train.config import TrainConfig
@@ -87,13 +88,78 @@ def publish_checkpoint(tmp: Path, final: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, damaged, edited): a user's bad input file,
+    reported on the command line as one line that names it (a ValueError: exit 2)."""
+
+
+def damaged(file: Path, why: object) -> CheckpointError:
+    """The error for a checkpoint file that cannot be read: it names the file, says why, and how
+    to go on."""
+    why = " ".join(str(why).split())  # one line
+    return CheckpointError(
+        f"checkpoint file {file} is damaged or truncated ({why:.200}): use an earlier checkpoint "
+        f"(another step_* folder beside {file.parent.name}; to resume from it, delete the "
+        "damaged one and the `latest` pointer if it names it) or train again"
+    )
+
+
+def _read_json(file: Path) -> Any:
+    """A checkpoint's JSON file (an OSError names it; bad JSON is a CheckpointError)."""
+    try:
+        return json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(file, f"not valid JSON: {e}") from None
+
+
 def read_config(path: str | Path) -> TrainConfig:
-    return TrainConfig.from_dict(json.loads((Path(path) / "config.json").read_text()))
+    """The TrainConfig of a checkpoint (its config.json)."""
+    file = Path(path) / "config.json"
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise damaged(file, "not a JSON object")
+    try:
+        return TrainConfig.from_dict(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise damaged(file, e) from None
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The run state of a checkpoint (its state.json): step, samples seen, data positions."""
+    file = Path(path) / "state.json"
+    state = _read_json(file)
+    if not isinstance(state, dict):
+        raise damaged(file, "not a JSON object")
+    for key in ("step", "samples_seen"):
+        v = state.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise damaged(file, f"{key} is {v!r}, not a non-negative integer")
+    if "data" in state and not isinstance(state["data"], list):
+        raise damaged(file, "data is not a list (one data position per process)")
+    return state
+
+
+def read_optimizer_state(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """The optimiser and LR scheduler state of a checkpoint (its optimizer.pt), to resume."""
+    file = Path(path) / "optimizer.pt"
+    try:
+        opt = torch.load(file, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+        raise damaged(file, e) from None
+    if not isinstance(opt, dict) or not {"optimizer", "scheduler"} <= set(opt):
+        raise damaged(file, "no optimizer and scheduler state in it")
+    return opt
 
 
 def read_weights(path: str | Path, which: str = "ema") -> dict[str, torch.Tensor]:
     """`which` = ema | model."""
-    return load_file(str(Path(path) / f"{which}.safetensors"))
+    file = Path(path) / f"{which}.safetensors"
+    try:
+        return load_file(str(file))
+    except SafetensorError as e:
+        raise damaged(file, e) from None
 
 
 def build_model_lora(model: InstructUNet, cfg: TrainConfig) -> InstructUNet:
@@ -112,7 +178,13 @@ def load_model(path: str | Path, which: str = "ema") -> tuple[InstructUNet, Trai
     """Rebuild a checkpoint's model in eval mode (on CPU) with its `ema` or `model` weights."""
     cfg = read_config(path)
     model = build_model(cfg)
-    model.load_state_dict(read_weights(path, which))
+    weights = read_weights(path, which)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # missing / unexpected keys, wrong shapes
+        raise damaged(
+            Path(path) / f"{which}.safetensors", f"its weights do not fit config.json: {e}"
+        ) from None
     return model.eval(), cfg
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
+import re
+import sys
 from pathlib import Path
+from typing import Any
 
 from mmdata.errors import check_output_folder
 from mmdata.flags import accept_underscores
@@ -92,7 +97,56 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
+# `s3://bucket/run`, `gs://...`, `file:///...`: pathlib would make a local folder `s3:/bucket/run`
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _check_local_output(path: Any, what: str = "--output") -> None:
+    """A ValueError (exit 2) for an output that is empty or a URL: train, sample and evaluate write
+    with pathlib, into local (or mounted) folders only."""
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{what} is empty; give the folder to write to")
+    if _URL_SCHEME.match(path):
+        raise ValueError(
+            f"{what} {path}: outputs must be local folders (object-store URLs are not supported); "
+            "write locally and copy the folder, or use a mounted bucket's path"
+        )
+
+
+def _interrupted(command: str, detail: str = "") -> int:
+    """Ctrl-C: one line on stderr (from the main process only), no traceback; exit 130."""
+    if os.environ.get("RANK", "0") in ("", "0"):  # accelerate launch: every process gets SIGINT
+        print(f"\nmmdata {command}: interrupted{detail}", file=sys.stderr)
+    return 130
+
+
 def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
+    output: dict[str, str] = {}  # the run's folder, once known
+    try:
+        return _run_train(args, output)
+    except KeyboardInterrupt:
+        from mmdata.train.checkpoint import latest_checkpoint
+
+        folder = output.get("dir")
+        last = None
+        if folder:
+            try:
+                last = latest_checkpoint(folder)
+            except (OSError, ValueError):
+                last = None
+        if last is not None:
+            detail = (
+                f"; the run can be resumed from its last checkpoint ({last}) with the same "
+                "command and --resume"
+            )
+        elif folder:
+            detail = f"; no checkpoint was written to {folder} yet"
+        else:
+            detail = ""
+        return _interrupted("train", detail)
+
+
+def _run_train(args: argparse.Namespace, output: dict[str, str]) -> int:
     from mmdata.train.config import TrainConfig, apply_overrides
     from mmdata.train.data import resolve_shards
     from mmdata.train.loop import train
@@ -120,6 +174,8 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
     apply_overrides(data, args.set)
     cfg = TrainConfig.from_dict(data)
+    _check_local_output(cfg.output_dir, "--output" if args.output is not None else "output_dir")
+    output["dir"] = cfg.output_dir
     if not cfg.data.shards:
         raise ValueError("no shards: pass --shards or set data.shards in the config")
     resolve_shards(cfg.data.shards)  # a wrong --shards fails here, before the model is built
@@ -129,20 +185,47 @@ def run_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _check_sampling_args(args: argparse.Namespace) -> None:
+    """The checks of EvalConfig.validate for the sampling flags `sample` shares with `evaluate`."""
+    for name, low in (("steps", 1), ("seed", 0)):
+        value = getattr(args, name)
+        if value < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+    for name in ("text_scale", "context_scale"):
+        if not math.isfinite(getattr(args, name)):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a finite number, got {getattr(args, name)}")
+
+
 def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from mmdata.train.checkpoint import load_model, resolve_checkpoint
+    try:
+        return _run_sample(args)
+    except KeyboardInterrupt:
+        return _interrupted("sample", f"; images written so far are in {args.output}")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from mmdata.train.checkpoint import load_model, read_config, resolve_checkpoint
     from mmdata.train.evaluate import pick_device
-    from mmdata.train.generate import generate, read_instructions
+    from mmdata.train.generate import check_context_images, generate, read_instructions
     from mmdata.train.text import TextEncoder
 
     if args.num_images is not None and args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    _check_sampling_args(args)
+    _check_local_output(args.output)
     check_output_folder(args.output)  # an --output under a file fails before the model loads
     instructions = read_instructions(args.instruction)  # a bad file fails before the model loads
     device = pick_device(args.device)
-    model, cfg = load_model(resolve_checkpoint(args.checkpoint), args.weights)
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    saved = read_config(checkpoint)
+    for n, ins in enumerate(instructions):  # an unusable context image fails before the model loads
+        try:
+            check_context_images(ins, saved.model.image_size, saved.data.max_context)
+        except ValueError as e:
+            raise ValueError(f"{args.instruction} item {n}: {e}") from None
+    model, cfg = load_model(checkpoint, args.weights)
     model.to(device)
     encoder = TextEncoder(cfg.text, device)
     out = Path(args.output)
@@ -161,6 +244,13 @@ def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
+    try:
+        return _run_evaluate(args)
+    except KeyboardInterrupt:
+        return _interrupted("evaluate", "; no figures were written")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
     from mmdata.train.checkpoint import resolve_checkpoint
     from mmdata.train.data import resolve_shards
     from mmdata.train.evaluate import EvalConfig, evaluate
@@ -180,6 +270,7 @@ def run_evaluate(args: argparse.Namespace, beam_args: list[str]) -> int:
         tasks=args.tasks,
     )
     ec.validate()  # bad arguments, then a wrong --shards or --output, fail before the model loads
+    _check_local_output(args.output)
     check_output_folder(args.output)
     resolve_shards(args.shards)
     ec.checkpoint = str(resolve_checkpoint(args.checkpoint))

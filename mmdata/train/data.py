@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import random
 import warnings
 from collections.abc import Iterator
@@ -172,9 +173,58 @@ def _read_manifest(spec: str) -> tuple[str, dict[str, Any]]:
         if not isinstance(s, dict) or not isinstance(s.get("name"), str):
             raise ValueError(f"{root}/manifest.json: a shard entry without a name: {s!r:.80}")
         s["url"] = f"{root}/{s['name']}"
+    check_manifest_fields(m, f"{root}/manifest.json")
     if local:
         _check_shard_files(spec, m)
     return root, m
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _ratio(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def check_manifest_fields(m: dict[str, Any], name: str) -> None:
+    """The fields the trainer reads have the types a job writes: `shards[i].samples` and `.bytes`
+    non-negative integers, `tasks` task -> non-negative integer, `mixture` task -> non-negative
+    number (either may be absent or null); else a ValueError naming the file `name` and the field."""
+
+    def bad(field: str, value: Any, want: str) -> ValueError:
+        return ValueError(
+            f"{name}: {field} is {json.dumps(value, default=str)[:80]}, not {want} (a damaged or "
+            "hand-edited manifest? rewrite it, or rerun the job that wrote the dataset)"
+        )
+
+    for i, s in enumerate(m.get("shards") or []):
+        for key in ("samples", "bytes"):
+            if key in s and not _count(s[key]):
+                raise bad(f"shards[{i}].{key}", s[key], "a non-negative integer")
+    for key, ok, want, wants in (
+        ("tasks", _count, "a non-negative integer", "non-negative integers"),
+        ("mixture", _ratio, "a non-negative number", "non-negative numbers"),
+    ):
+        value = m.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise bad(key, value, f"a mapping of task names to {wants}")
+        for task, v in value.items():
+            if not ok(v):
+                raise bad(f"{key}[{json.dumps(task)}]", v, want)
+
+
+# Warnings about the data already given in this process: `resolve_shards` runs more than once per
+# run (the command line checks the shards before building the model, the loader resolves them again)
+_WARNED: set[tuple[Any, ...]] = set()
+
+
+def _warn_once(msg: str, *args: Any) -> None:
+    if (msg, *args) not in _WARNED:
+        _WARNED.add((msg, *args))
+        log.warning(msg, *args)
 
 
 def _check_shard_files(spec: str, m: dict[str, Any]) -> None:
@@ -193,7 +243,7 @@ def _check_shard_files(spec: str, m: dict[str, Any]) -> None:
         if isinstance(s.get("bytes"), int) and Path(s["url"]).stat().st_size != s["bytes"]
     ]
     if resized:
-        log.warning(
+        _warn_once(
             "dataset %r: %d shard(s) differ in size from its manifest.json (truncated or rewritten "
             "since?): %s",
             spec,
@@ -218,6 +268,13 @@ def _normalised(mixture: dict[str, float]) -> dict[str, float]:
     return {t: round(v / total, 6) for t, v in sorted(mixture.items()) if v > 0} if total else {}
 
 
+def _is_empty(m: dict[str, Any]) -> bool:
+    """A dataset root whose manifest records no sample (a job that kept nothing)."""
+    return not any((m.get("tasks") or {}).values()) and all(
+        s.get("samples", 1) == 0 for s in m.get("shards") or []
+    )
+
+
 def combine_manifests(parts: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """One manifest for several dataset roots: shards of all, task counts summed, and one mixture.
 
@@ -226,6 +283,13 @@ def combine_manifests(parts: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]
     none, and `mixture_conflict` says why (training then needs `data.mixture`). Roots of different
     formats, or some with task counts and some without, are an error.
     """
+    empty = [root for root, m in parts if _is_empty(m)]
+    if empty and len(empty) < len(parts):
+        _warn_once(
+            "dataset root(s) %s hold no samples (their manifest.json lists none): skipped",
+            _names(empty),
+        )
+        parts = [(root, m) for root, m in parts if not _is_empty(m)]
     if len(parts) == 1:
         return parts[0][1]
     formats = {m["format"] for _, m in parts if m.get("format")}
@@ -809,6 +873,32 @@ def mixture_acceptance(cfg: DataConfig, manifest: dict[str, Any] | None) -> dict
     return accept
 
 
+def read_manifest_file(url: str) -> dict[str, Any]:
+    """The manifest `data.manifest` names (task counts and mixture for shards given as files);
+    every problem with it is a FileNotFoundError or ValueError that names it."""
+    try:
+        text = _read_text(url)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data.manifest {url}: no such file") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"data.manifest {url}: is a folder, not a file") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data.manifest {url} is not a text file ({e.reason})") from None
+    try:
+        m = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"data.manifest {url} is not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"data.manifest {url} is not an mmdata manifest (not a JSON object)")
+    if not isinstance(m.get("shards", []), list):
+        raise ValueError(f"data.manifest {url}: shards is not a list")
+    for s in m.get("shards", []):
+        if not isinstance(s, dict):
+            raise ValueError(f"data.manifest {url}: a shard entry is not an object: {s!r:.80}")
+    check_manifest_fields(m, f"data.manifest {url}")
+    return m
+
+
 def build_loader(
     cfg: DataConfig,
     batch_size: int,
@@ -823,7 +913,7 @@ def build_loader(
     urls, manifest = resolve_shards(cfg.shards)
     expected = shard_sample_counts(manifest)
     if cfg.manifest:
-        manifest = json.loads(_read_text(cfg.manifest))
+        manifest = read_manifest_file(cfg.manifest)
     accept = mixture_acceptance(cfg, manifest)
     return ResumableLoader(
         urls,

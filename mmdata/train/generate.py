@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from mmdata.errors import os_error_reason
 from mmdata.train.data import load_image
@@ -66,14 +67,8 @@ def read_instructions(path: str | Path) -> list[Instruction]:
         if not isinstance(entries, list):
             raise ValueError(f"{where}: 'context' must be a list of entries")
         context = []
-        for entry in entries:
-            if not isinstance(entry, dict) or not entry.get("marker") or "image" not in entry:
-                raise ValueError(f"{where}: each context entry needs 'marker' and 'image'")
-            image = Path(str(entry["image"]))
-            image = image if image.is_absolute() else path.parent / image
-            context.append(
-                {**entry, "image": str(image), "text": entry.get("text") or entry["marker"]}
-            )
+        for k, entry in enumerate(entries):
+            context.append(_context_entry(entry, f"{where} context entry {k}", path))
         in_text = MARKER.findall(text)
         markers = [c["marker"] for c in context]
         if sorted(set(in_text)) != sorted(markers) or len(set(markers)) != len(markers):
@@ -94,8 +89,57 @@ def read_instructions(path: str | Path) -> list[Instruction]:
     return out
 
 
-def instruction_batch(ins: Instruction, image_size: int, max_context: int) -> dict[str, Any]:
-    """A loader-style batch (one row per requested image) for one instruction."""
+def _context_entry(entry: Any, where: str, path: Path) -> dict[str, Any]:
+    """One checked context entry: `marker` and `image` strings (the image's path made relative to the
+    instruction file's folder), optional `text` (default: the marker) and `role` strings."""
+    if not isinstance(entry, dict) or not entry.get("marker") or "image" not in entry:
+        raise ValueError(f"{where}: each context entry needs 'marker' and 'image'")
+    for name in ("marker", "image"):
+        if not isinstance(entry[name], str) or not entry[name].strip():
+            raise ValueError(
+                f"{where}: {name!r} must be a non-empty string, got {entry[name]!r:.80}"
+            )
+    for name in ("text", "role"):  # optional; null is taken as absent
+        if entry.get(name) is not None and not isinstance(entry[name], str):
+            raise ValueError(f"{where}: {name!r} must be a string, got {entry[name]!r:.80}")
+    image = Path(entry["image"])
+    image = image if image.is_absolute() else path.parent / image
+    return {**entry, "image": str(image), "text": entry.get("text") or entry["marker"]}
+
+
+def _read_context_image(file: str, image_size: int) -> np.ndarray:
+    """(image_size, image_size, 3) uint8 pixels of a context image, or a ValueError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return load_image(Path(file).read_bytes(), image_size)
+    except Image.DecompressionBombError as e:
+        # PIL: "Image size (400000000 pixels) exceeds limit of 178956970 pixels, could be ..."
+        sizes = re.findall(r"\d+", str(e))
+        why = (
+            f"{int(sizes[0]):,} pixels, over PIL's limit of {int(sizes[1]):,}"
+            if len(sizes) >= 2
+            else str(e)
+        )
+        raise ValueError(f"context image {file!r} is too large ({why})") from None
+    except UnidentifiedImageError:  # its message names an io.BytesIO object, not the file
+        raise ValueError(
+            f"context image {file!r} cannot be read: not an image PIL can decode"
+        ) from None
+    except (OSError, ValueError) as e:
+        why = os_error_reason(e) if isinstance(e, OSError) else e
+        raise ValueError(f"context image {file!r} cannot be read: {why}") from None
+
+
+def check_context_images(ins: Instruction, image_size: int, max_context: int) -> None:
+    """Raise the ValueError `instruction_batch` would for `ins`'s context (too many entries, an
+    image that cannot be read), without building the batch: before the model loads."""
+    _context_arrays(ins, image_size, max_context)
+
+
+def _context_arrays(
+    ins: Instruction, image_size: int, max_context: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if len(ins.context) > max_context:
         raise ValueError(
             f"{len(ins.context)} context entries; this model takes at most {max_context}"
@@ -104,14 +148,15 @@ def instruction_batch(ins: Instruction, image_size: int, max_context: int) -> di
     mask = np.zeros(max_context, bool)
     texts = [""] * max_context
     for i, entry in enumerate(ins.context):
-        try:
-            pixels = load_image(Path(entry["image"]).read_bytes(), image_size)
-        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-            why = os_error_reason(e) if isinstance(e, OSError) else e
-            raise ValueError(f"context image {entry['image']!r} cannot be read: {why}") from None
-        ctx[i] = pixels.transpose(2, 0, 1)
+        ctx[i] = _read_context_image(entry["image"], image_size).transpose(2, 0, 1)
         mask[i] = True
         texts[i] = entry["text"]
+    return ctx, mask, texts
+
+
+def instruction_batch(ins: Instruction, image_size: int, max_context: int) -> dict[str, Any]:
+    """A loader-style batch (one row per requested image) for one instruction."""
+    ctx, mask, texts = _context_arrays(ins, image_size, max_context)
     n = ins.num_images
     return {
         "text": [ins.text] * n,

@@ -41,7 +41,7 @@ LOG_FILE = "log.jsonl"
 
 
 def _checkpoint_step(path: Path | None) -> int:
-    return json.loads((path / "state.json").read_text())["step"] if path else 0
+    return ckpt.read_state(path)["step"] if path else 0
 
 
 def _trim_log(path: Path, last_step: int) -> None:
@@ -364,11 +364,11 @@ def train(cfg: TrainConfig, text_encoder: TextEncoder | None = None) -> TrainRes
         # torch.load cannot restore onto an indexed CPU device ("cpu:0", what a torchrun CPU run
         # gets from accelerate): the CPU is the CPU
         where = torch.device("cpu") if device.type == "cpu" else device
-        opt = torch.load(resume_from / "optimizer.pt", map_location=where, weights_only=True)
+        opt = ckpt.read_optimizer_state(resume_from, where)
         optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
         apply_resumed_settings(optimizer, scheduler, saved, cfg, report=main)
-        state = json.loads((resume_from / "state.json").read_text())
+        state = ckpt.read_state(resume_from)
         step, samples_seen = state["step"], state["samples_seen"]
         data_state = state["data"][rank]
         say(logging.INFO, "resuming %s at step %d", resume_from, step)
