@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -187,15 +186,9 @@ def _run_train(args: argparse.Namespace, output: dict[str, str]) -> int:
 
 def _check_sampling_args(args: argparse.Namespace) -> None:
     """The checks of EvalConfig.validate for the sampling flags `sample` shares with `evaluate`."""
-    for name, low in (("steps", 1), ("seed", 0)):
-        value = getattr(args, name)
-        if value < low:
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
-    for name in ("text_scale", "context_scale"):
-        if not math.isfinite(getattr(args, name)):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} must be a finite number, got {getattr(args, name)}")
+    from mmdata.train.evaluate import check_sampling_flags
+
+    check_sampling_flags(args, (("steps", 1), ("seed", 0)))
 
 
 def run_sample(args: argparse.Namespace, beam_args: list[str]) -> int:

@@ -48,6 +48,20 @@ EDGE_TOLERANCE_PX = 2
 GRID_MAX_ROWS = 16
 
 
+def check_sampling_flags(values: Any, ints: tuple[tuple[str, int], ...]) -> None:
+    """The sampling settings `evaluate` and `sample` share: each of `ints` (name, lowest value) an
+    integer at least that, the guidance scales finite; a ValueError naming the command-line flag."""
+    for name, low in ints:
+        value = getattr(values, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+    for name in ("text_scale", "context_scale"):
+        if not math.isfinite(getattr(values, name)):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} must be a finite number, got {getattr(values, name)}")
+
+
 @dataclass
 class EvalConfig:
     """Settings of one evaluation run."""
@@ -70,15 +84,9 @@ class EvalConfig:
         """Every bad setting is a ValueError naming its command-line flag."""
         from mmdata.core.tasks import TASKS
 
-        for name, low in (("num_samples", 1), ("batch_size", 1), ("steps", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
-        for name in ("text_scale", "context_scale"):
-            if not math.isfinite(getattr(self, name)):
-                flag = "--" + name.replace("_", "-")
-                raise ValueError(f"{flag} must be a finite number, got {getattr(self, name)}")
+        check_sampling_flags(
+            self, (("num_samples", 1), ("batch_size", 1), ("steps", 1), ("seed", 0))
+        )
         if self.weights not in ("ema", "model"):
             raise ValueError(f"--weights must be ema or model, got {self.weights!r}")
         unknown = sorted(set(self.tasks) - set(TASKS))
